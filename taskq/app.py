@@ -1,0 +1,434 @@
+"""The application: configuration, the task registry, and sending tasks.
+
+An ``App`` is created at import time of a user's module, so creating one does no I/O: the
+broker and the result backend are connected on first use. ``Celery`` is the same class under
+Celery's name, so a Celery project ports by changing its import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
+from zoneinfo import ZoneInfo
+
+from taskq import _state, signals
+from taskq.config import Settings, import_object, load_config_source
+from taskq.exceptions import ImproperlyConfigured, NotRegistered
+from taskq.message import build
+from taskq.result import AsyncResult
+from taskq.task import P, R, Task, make_task_class
+
+if TYPE_CHECKING:
+    from taskq.backend.base import ResultBackend
+    from taskq.broker import Broker
+
+logger = logging.getLogger("taskq.app")
+T = TypeVar("T", bound=Task[Any, Any])
+
+EMBEDDED_FILE = "taskq.sqlite3"
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_live_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+# apply_async/send_task options taskq understands; anything else is warned about once.
+SEND_OPTIONS = frozenset(
+    {
+        "countdown", "eta", "expires", "task_id", "queue", "exchange", "routing_key",
+        "priority", "serializer", "compression", "headers", "ignore_result", "link",
+        "link_error", "group_id", "group_index", "retries", "chord", "chain", "reply_to",
+        "time_limit", "soft_time_limit", "root_id", "parent_id", "shadow", "delivery_mode",
+        "retry", "retry_policy", "add_to_parent", "task", "producer", "connection",
+        "publisher", "router", "result_cls", "route_name", "task_type", "exchange_type",
+        "replaced_task_nesting", "stamped_headers", "stamps", "mandatory", "argsrepr",
+        "kwargsrepr",
+    }
+)  # fmt: skip
+_warned_options: set[str] = set()
+
+
+class TaskRegistry(dict[str, Task[Any, Any]]):
+    """Tasks by name; a missing name is ``NotRegistered``, not a bare ``KeyError``."""
+
+    def __missing__(self, key: str) -> Task[Any, Any]:
+        raise NotRegistered(key)
+
+
+class App:
+    """A taskq application (``Celery`` is an alias)."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Iterable[str] | None = None,
+        config_source: Any = None,
+        set_as_current: bool = True,
+        task_cls: type[Task[Any, Any]] | str | None = None,
+        namespace: str | None = None,
+        strict_typing: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.strict_typing = strict_typing
+        if isinstance(task_cls, str):
+            task_cls = import_object(task_cls)
+        self.Task: type[Task[Any, Any]] = task_cls or Task  # type: ignore[assignment]
+        self.tasks = TaskRegistry()
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._pending_autodiscover: list[tuple[Any, str]] = []
+        self._lock = threading.Lock()
+        if config_source is not None:
+            self.config_from_object(config_source, namespace=namespace)
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = tuple(self.conf.include) + tuple(include)
+        self.conf.update(settings)
+        if set_as_current:
+            _state.set_current_app(self)
+        _live_apps.add(self)
+        for fun, opts in _shared_tasks:
+            self._task_from_fun(fun, **opts)
+
+    def __repr__(self) -> str:
+        return f"<taskq {self.main or '__main__'} at {id(self):#x}>"
+
+    # -- configuration ----------------------------------------------------------------------
+    def config_from_object(
+        self, obj: Any, silent: bool = False, force: bool = True, namespace: str | None = None
+    ) -> None:
+        """Read settings from a module, class, object, mapping or their dotted path."""
+        source = load_config_source(obj, silent=silent)
+        if source is not None:
+            self.conf.update_from(source, namespace=namespace)
+            self._reset_connections()
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = True) -> None:
+        """``config_from_object`` with the module path taken from an environment variable."""
+        path = os.environ.get(variable_name)
+        if not path:
+            if silent:
+                return
+            raise ImproperlyConfigured(f"environment variable {variable_name!r} is not set")
+        self.config_from_object(path, silent=silent)
+
+    def add_defaults(self, values: Mapping[str, Any]) -> None:
+        self.conf.add_defaults(values)
+
+    def _reset_connections(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+        self._broker = None
+        self._backend = None
+
+    @property
+    def timezone(self) -> tzinfo:
+        name = self.conf.timezone
+        if name:
+            return name if isinstance(name, tzinfo) else ZoneInfo(str(name))
+        if self.conf.enable_utc:
+            return timezone.utc
+        local = datetime.now().astimezone().tzinfo
+        return local or timezone.utc
+
+    def now(self) -> datetime:
+        """Aware current time in the app's time zone (ETAs, ``date_done``)."""
+        return datetime.now(tz=self.timezone)
+
+    # -- broker and backend -----------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured and the SQLite file serves as broker and backend."""
+        return not self.conf.broker_url
+
+    @property
+    def broker_url(self) -> str:
+        url = self.conf.broker_url
+        if url:
+            return str(url)
+        path = self.conf.taskq_sqlite_path or os.path.join(os.getcwd(), EMBEDDED_FILE)
+        return f"sqlite:///{os.path.abspath(path)}"
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    from taskq.broker import Broker
+
+                    self._broker = Broker(self.broker_url, self.conf)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    from taskq.backend import backend_from_url
+
+                    self._backend = backend_from_url(self, self.result_backend_url)
+        return self._backend
+
+    @property
+    def result_backend_url(self) -> str | None:
+        """The configured backend, else the broker's own store for sqlite:// and memory://."""
+        url = self.conf.result_backend
+        if url:
+            return str(url)
+        broker = self.broker_url
+        if broker.startswith(("sqlite:", "memory:")):
+            return broker
+        return None
+
+    @property
+    def thread_oid(self) -> str:
+        """Per-thread reply address (``reply_to``), derived as Celery derives it."""
+        return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{uuid.getnode():x}-{os.getpid():x}-{threading.get_ident():x}-{id(self):x}"))
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:  # noqa: N802
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def close(self) -> None:
+        """Release broker and backend connections."""
+        if self._backend is not None:
+            self._backend.close()
+        self._reset_connections()
+
+    # -- tasks ------------------------------------------------------------------------------
+    @overload
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[True], name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[False] = ..., name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        if fun is not None:
+            if not callable(fun):
+                raise TypeError("@app.task takes a function; use @app.task(...) for options")
+            return self._task_from_fun(fun)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self._task_from_fun(f, **options)
+
+        return decorate
+
+    def _task_from_fun(
+        self,
+        fun: Callable[..., Any],
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        bind: bool = False,
+        **options: Any,
+    ) -> Task[Any, Any]:
+        name = name or self.gen_task_name(fun.__name__, fun.__module__)
+        existing = self.tasks.get(name)
+        if existing is not None and getattr(existing, "__wrapped__", None) is fun:
+            return existing
+        options.setdefault("typing", self.strict_typing)
+        task = make_task_class(fun, self, base or self.Task, name, bind, options)
+        self.tasks[name] = task
+        return task
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a class-based task (an instance or the class itself)."""
+        instance = task() if isinstance(task, type) else task
+        if not instance.name:
+            cls = type(instance)
+            instance.name = self.gen_task_name(cls.__name__, cls.__module__)
+        instance.app = self
+        self.tasks[instance.name] = instance
+        return instance
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        """``module.function``; a task defined in ``__main__`` is named after the app's main."""
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{name}"
+
+    # -- modules ----------------------------------------------------------------------------
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` for each package, now (``force``) or when a worker starts."""
+        self._pending_autodiscover.append((packages, related_name))
+        if force:
+            self._run_autodiscover()
+
+    def _run_autodiscover(self) -> None:
+        pending, self._pending_autodiscover = self._pending_autodiscover, []
+        for packages, related_name in pending:
+            names = packages() if callable(packages) else packages
+            for package in names or ():
+                module = f"{package}.{related_name}" if related_name else package
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as exc:
+                    if exc.name not in (module, package):
+                        raise  # a real import error inside the tasks module must surface
+
+    def import_modules(self) -> None:
+        """Import ``imports``/``include`` and autodiscovered modules, so their tasks register."""
+        signals.import_modules.send(sender=self)
+        for module in (*self.conf.imports, *self.conf.include):
+            importlib.import_module(module)
+        self._run_autodiscover()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name; the task need not be registered in this process."""
+        unknown = set(options) - SEND_OPTIONS - _warned_options
+        for option in sorted(unknown):
+            _warned_options.add(option)
+            logger.warning("apply_async option %r is not used by taskq and was ignored", option)
+        conf = self.conf
+        task: Task[Any, Any] | None = options.get("task") or self.tasks.get(name)
+        task_id = task_id or str(uuid.uuid4())
+        parent = _state.current_request()
+        now = self.now()
+        if countdown is not None:
+            eta = now + timedelta(seconds=countdown)
+        elif eta is not None and eta.tzinfo is None:
+            eta = eta.replace(tzinfo=self.timezone)
+        expires_at: datetime | str | None
+        expires_in: float | None = None
+        if isinstance(expires, (int, float)):
+            expires_at, expires_in = now + timedelta(seconds=expires), float(expires)
+        elif isinstance(expires, datetime):
+            expires_at = expires if expires.tzinfo else expires.replace(tzinfo=self.timezone)
+            expires_in = (expires_at - now).total_seconds()
+        else:
+            expires_at = expires
+        ignore_result = options.get("ignore_result")
+        if ignore_result is None and task is not None:
+            ignore_result = task.ignore_result or conf.task_ignore_result
+        message = build(
+            name,
+            task_id,
+            args,
+            kwargs,
+            eta=eta,
+            expires=expires_at,
+            expires_in=expires_in,
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
+            retries=options.get("retries") or 0,
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+            root_id=options.get("root_id") or (parent.root_id if parent else None),
+            parent_id=options.get("parent_id") or (parent.id if parent else None),
+            shadow=options.get("shadow"),
+            ignore_result=ignore_result,
+            reply_to=options.get("reply_to") or self.thread_oid,
+            callbacks=_as_list(options.get("link")),
+            errbacks=_as_list(options.get("link_error")),
+            chain=options.get("chain"),
+            chord=options.get("chord"),
+            argsrepr=options.get("argsrepr"),
+            kwargsrepr=options.get("kwargsrepr"),
+            repr_maxlevels=conf.task_repr_maxlevels,
+            replaced_task_nesting=options.get("replaced_task_nesting") or 0,
+            stamped_headers=options.get("stamped_headers"),
+            stamps=options.get("stamps"),
+            extra_headers=options.get("headers"),
+        )
+        broker = self.broker
+        route = broker.router.route_options(name, args, kwargs, options, task=task)
+        destination = broker.router.destination(route)
+        priority = route.get("priority")
+        if priority is None:
+            priority = conf.task_default_priority
+        serializer = route.get("serializer") or (task.serializer if task else None) or conf.task_serializer
+        compression = route.get("compression") or (task.compression if task else None) or conf.task_compression
+        result: AsyncResult[Any] = AsyncResult(task_id, app=self, task_name=name)
+        if not ignore_result and parent is None:
+            self.backend.on_task_call(task_id)
+        signals.before_task_publish.send(
+            sender=name,
+            body=message.body,
+            exchange=destination.exchange,
+            routing_key=destination.routing_key,
+            headers=message.headers,
+            properties=message.properties,
+            declare=destination.declare,
+            retry_policy=options.get("retry_policy"),
+        )
+        retry = options.get("retry")
+        broker.publish(
+            message,
+            destination,
+            serializer=serializer,
+            compression=compression,
+            priority=priority,
+            delivery_mode=route.get("delivery_mode"),
+            retry=conf.task_publish_retry if retry is None else retry,
+            retry_policy=options.get("retry_policy") or conf.task_publish_retry_policy,
+        )
+        signals.after_task_publish.send(
+            sender=name, body=message.body, headers=message.headers,
+            exchange=destination.exchange, routing_key=destination.routing_key,
+        )  # fmt: skip
+        if parent is not None and options.get("add_to_parent", True):
+            parent.children.append(result)
+        return result
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [dict(item) for item in items]
+
+
+Celery = App
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """A task for reusable apps: registered on every app, the current one at decoration time.
+
+    Returns the task of the current app; other apps that exist or are created later get their
+    own task object under the same name.
+    """
+
+    def decorate(fun: Callable[..., Any]) -> Task[Any, Any]:
+        _shared_tasks.append((fun, dict(options)))
+        current = _state.current_app()
+        for app in list(_live_apps):
+            if app is not current:
+                app._task_from_fun(fun, **options)
+        return current._task_from_fun(fun, **options)
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    return decorate

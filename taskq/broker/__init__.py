@@ -1,0 +1,151 @@
+"""The broker: one kombu connection (and producer pool) per app, selected by URL.
+
+Everything transport-specific stays inside kombu; this module only knows how to publish a
+``message.OutgoingMessage`` to a ``routing.Destination`` and how to hand the worker a
+connection of its own. Publishing is thread-safe (pooled producers); a consumer's connection
+belongs to the thread that drains it.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from kombu import Connection, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.pools import ProducerPool
+from kombu.utils.url import maybe_sanitize_url
+
+from taskq.broker.sqlite import register as _register_sqlite
+from taskq.config import Settings
+from taskq.exceptions import OperationalError
+from taskq.message import OutgoingMessage
+
+from .routing import Destination, Queues, Router
+
+__all__ = ["Broker", "Destination", "Queues", "Router", "mask_url", "CONNECTION_ERRORS"]
+
+_register_sqlite()
+
+# What a lost or refused broker connection raises, whatever the transport.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    KombuOperationalError,
+    ConnectionError,
+    socket.error,
+    TimeoutError,
+)
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with its password replaced by ``**``, for every log line and error."""
+    return str(maybe_sanitize_url(url or "", mask="**"))
+
+
+class Broker:
+    """The app's broker connection, producer pool and queue table."""
+
+    def __init__(self, url: str, conf: Settings) -> None:
+        self.url = url
+        self.conf = conf
+        self.queues = Queues(conf)
+        self.router = Router(conf, self.queues)
+        self.connection = self.new_connection()
+        self._producers: ProducerPool | None = None
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def new_connection(self, url: str | None = None) -> Connection:
+        """A fresh kombu connection with the app's broker settings (not yet connected)."""
+        conf = self.conf
+        url = url or self.url
+        options = dict(conf.broker_transport_options or {})
+        if url.startswith("memory:"):
+            # In-process queues: poll often (tests wait on it) and name a host so kombu is quiet.
+            options.setdefault("polling_interval", 0.005)
+            url = "memory://localhost/" if url.rstrip("/") == "memory:" else url
+        return Connection(
+            url,
+            ssl=conf.broker_use_ssl,
+            heartbeat=conf.broker_heartbeat,
+            login_method=conf.broker_login_method,
+            transport_options=options,
+            connect_timeout=conf.broker_connection_timeout,
+        )
+
+    @property
+    def producers(self) -> ProducerPool:
+        if self._producers is None:
+            limit = self.conf.broker_pool_limit or None
+            self._producers = ProducerPool(self.connection.Pool(limit=limit), limit=limit)
+        return self._producers
+
+    def publish(
+        self,
+        message: OutgoingMessage,
+        destination: Destination,
+        *,
+        serializer: str,
+        compression: str | None = None,
+        priority: int | None = None,
+        delivery_mode: int | None = None,
+        retry: bool = True,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Send one task message; raise ``OperationalError`` naming the broker when it fails."""
+        properties = dict(message.properties)
+        expiration = properties.pop("expiration", None)
+        if priority is not None:
+            properties["priority"] = priority
+        try:
+            with self.producers.acquire(block=True, timeout=self.conf.broker_connection_timeout) as producer:
+                producer.publish(
+                    message.body,
+                    exchange=destination.exchange,
+                    routing_key=destination.routing_key,
+                    serializer=serializer,
+                    compression=compression,
+                    headers=message.headers,
+                    delivery_mode=delivery_mode
+                    or destination.delivery_mode
+                    or self.conf.task_default_delivery_mode,
+                    declare=destination.declare,
+                    retry=retry,
+                    retry_policy=retry_policy,
+                    expiration=expiration,
+                    **properties,
+                )
+        except CONNECTION_ERRORS as exc:
+            raise OperationalError(f"cannot publish to {self.masked_url}: {exc}") from exc
+
+    def declare(self, queues: list[Queue]) -> None:
+        with self.connection.clone() as conn:
+            channel = conn.default_channel
+            for queue in queues:
+                queue(channel).declare()
+
+    def purge(self, queue_names: list[str]) -> int:
+        """Delete every waiting message in these queues; the number removed."""
+        removed = 0
+        with self.connection.clone() as conn:
+            channel = conn.default_channel
+            for name in queue_names:
+                try:
+                    removed += self.queues[name](channel).purge() or 0
+                except conn.channel_errors:
+                    channel = conn.channel()  # AMQP closes the channel of a missing queue
+        return removed
+
+    def ensure_connected(self, max_retries: int | None = 0) -> None:
+        """Connect now, so a wrong URL is reported at start-up rather than at first use."""
+        try:
+            self.connection.ensure_connection(max_retries=max_retries)
+        except CONNECTION_ERRORS as exc:
+            raise OperationalError(f"cannot connect to {self.masked_url}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producers is not None:
+            self._producers.force_close_all()
+            self._producers = None
+        self.connection.release()

@@ -1,0 +1,200 @@
+"""Handles on task results: ``AsyncResult`` reads the backend, ``EagerResult`` holds a value.
+
+A result object is cheap and stateless apart from a cache of the last ready meta, so it can be
+rebuilt anywhere from an id (``app.AsyncResult(id)``) and read by any process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from taskq import _state, states
+from taskq.message import parse_time
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.backend.base import ResultBackend
+
+R = TypeVar("R")
+
+
+def _refuse_inside_task() -> None:
+    if _state.current_request() is not None:
+        raise RuntimeError(
+            "Never call result.get() within a task: it can deadlock the worker. "
+            "Pass disable_sync_subtasks=False if you really mean it."
+        )
+
+
+class AsyncResult(Generic[R]):
+    """The state and return value of a task that was sent, as the result backend knows it."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's keyword
+        backend: ResultBackend | None = None,
+        task_name: str | None = None,
+        app: App | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.app = app or _state.current_app()
+        self._backend = backend
+        self.task_name = task_name
+        self.parent = parent
+        self._cache: dict[str, Any] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def backend(self) -> ResultBackend:
+        return self._backend or self.app.backend
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return self.id == other.id
+        return other == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def as_tuple(self) -> list[Any]:
+        """Celery's result tuple: ``[[id, parent_tuple_or_null], null]``."""
+        return [[self.id, self.parent.as_tuple() if self.parent else None], None]
+
+    # -- meta -------------------------------------------------------------------------------
+    def _get_meta(self) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        meta = self.backend.get_task_meta(self.id)
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        return str(self._get_meta()["status"])
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception for failed/retried/revoked tasks."""
+        meta = self._get_meta()
+        if meta["status"] in states.EXCEPTION_STATES:
+            return self.backend.exception_from_meta(meta)
+        return meta.get("result")
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._get_meta().get("traceback")
+
+    @property
+    def date_done(self) -> datetime | None:
+        return parse_time(self._get_meta().get("date_done"), "date_done")
+
+    def _extended(self, key: str) -> Any:
+        return self._get_meta().get(key)
+
+    name = property(lambda self: self._extended("name"))
+    args = property(lambda self: self._extended("args"))
+    kwargs = property(lambda self: self._extended("kwargs"))
+    worker = property(lambda self: self._extended("worker"))
+    retries = property(lambda self: self._extended("retries"))
+    queue = property(lambda self: self._extended("queue"))
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    # -- waiting ----------------------------------------------------------------------------
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        on_interval: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Wait for the task and return its value; re-raise its exception when ``propagate``.
+
+        Raises ``taskq.exceptions.TimeoutError`` after ``timeout`` seconds.
+        """
+        if disable_sync_subtasks:
+            _refuse_inside_task()
+        meta = self._cache or self.backend.wait_for(self.id, timeout=timeout, interval=interval, on_interval=on_interval)
+        self._cache = meta
+        if meta["status"] in states.PROPAGATE_STATES and propagate:
+            raise self.backend.exception_from_meta(meta)
+        return self.result  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._cache = None
+        self.backend.forget(self.id)
+
+
+class EagerResult(AsyncResult[R]):
+    """The result of a task run in this process (``apply()``, ``task_always_eager``)."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002
+        ret_value: Any,
+        state: str,
+        traceback: str | None = None,
+        app: App | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(id, app=app, task_name=name)
+        self._cache = {"status": state, "result": ret_value, "traceback": traceback, "task_id": id}
+
+    def _get_meta(self) -> dict[str, Any]:
+        assert self._cache is not None
+        return self._cache
+
+    @property
+    def result(self) -> Any:
+        return self._cache["result"] if self._cache else None
+
+    info = result
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        on_interval: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> R:
+        if propagate and self.state in states.PROPAGATE_STATES:
+            raise self.result
+        return self.result  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        """Nothing is stored for an eager run unless ``task_store_eager_result`` is on."""
+        if self.app.conf.task_store_eager_result:
+            self.backend.forget(self.id)
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"

@@ -1,0 +1,292 @@
+"""The consume loop: receive, validate, schedule, dispatch, ack.
+
+This loop owns the broker connection (kombu channels are not thread-safe). Pool threads hand
+their outcomes back through ``self.completions``; the loop drains the broker only while the
+pool has room, and otherwise waits on completions, so neither side starves the other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import socket
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from kombu import Consumer as KombuConsumer
+from kombu import Queue
+from kombu.exceptions import ContentDisallowed, DecodeError
+
+from taskq import signals, states
+from taskq.broker import CONNECTION_ERRORS
+from taskq.exceptions import InvalidTaskError, NotRegistered
+from taskq.message import parse
+from taskq.worker.execute import Outcome, describe, execute
+from taskq.worker.pools import Pool
+from taskq.worker.request import Request
+
+if TYPE_CHECKING:
+    from kombu import Connection
+    from kombu.message import Message
+
+    from taskq.app import App
+
+logger = logging.getLogger("taskq.worker")
+IDLE_WAIT = 1.0  # longest a blocked drain or wait lasts, so stop requests are seen promptly
+
+
+class Consumer:
+    """Receives task messages from ``queues`` and runs them on ``pool``."""
+
+    def __init__(
+        self,
+        app: App,
+        pool: Pool,
+        queues: list[Queue],
+        hostname: str,
+        prefetch_multiplier: int = 4,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.queues = queues
+        self.hostname = hostname
+        self.prefetch_count = max(pool.limit * max(prefetch_multiplier, 0), 0)
+        self.accept = set(app.conf.accept_content or ["json"])
+        self.completions: queue.SimpleQueue[tuple[Request, Outcome]] = queue.SimpleQueue()
+        self.ready: deque[Request] = deque()
+        self.eta_heap: list[tuple[float, int, Request]] = []
+        self._seq = itertools.count()
+        self.active: dict[str, Request] = {}
+        self.connection: Connection | None = None
+        self._kombu_consumer: KombuConsumer | None = None
+        self._qos_extra = 0
+        self.stopping = False
+        self.processed = 0
+        self.recoverable_errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect (retrying with back-off) and start consuming."""
+        broker = self.app.broker
+        self.connection = broker.new_connection()
+
+        def errback(exc: BaseException, interval: float) -> None:
+            logger.error("cannot connect to %s: %s. Trying again in %.1f s...", broker.masked_url, exc, interval)
+
+        self.connection.ensure_connection(
+            errback=errback,
+            max_retries=self.app.conf.broker_connection_max_retries,
+            interval_start=2,
+            interval_step=2,
+            interval_max=30,
+        )
+        self.recoverable_errors = tuple(self.connection.connection_errors) + CONNECTION_ERRORS
+        channel = self.connection.default_channel
+        self._qos_extra = 0
+        self._kombu_consumer = KombuConsumer(channel, queues=self.queues, on_message=self.on_message, accept=self.accept)
+        self._apply_qos()
+        self._kombu_consumer.consume()
+        logger.info("Connected to %s", broker.masked_url)
+
+    def _apply_qos(self) -> None:
+        if self._kombu_consumer is not None and self.prefetch_count:
+            self._kombu_consumer.qos(prefetch_count=self.prefetch_count + self._qos_extra)
+
+    def close(self) -> None:
+        if self._kombu_consumer is not None:
+            try:
+                self._kombu_consumer.cancel()
+            except self.recoverable_errors:
+                pass
+        if self.connection is not None:
+            self.connection.release()
+            self.connection = None
+
+    # -- receiving --------------------------------------------------------------------------
+    def on_message(self, message: Message) -> None:
+        """Validate a message into a Request; anything broken is logged and dropped, never raised."""
+        try:
+            body = message.decode()
+        except ContentDisallowed as exc:
+            logger.error("Refused message with content type %r: %s (accept_content is %s)", message.content_type, exc, sorted(self.accept))
+            message.reject(requeue=False)
+            return
+        except (DecodeError, Exception) as exc:
+            logger.critical("Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type)
+            message.ack()
+            return
+        try:
+            req = parse(message.headers, body, message.properties, message.delivery_info)
+        except InvalidTaskError as exc:
+            logger.error("Invalid task message dropped: %s; headers=%r", exc, dict(message.headers or {}))
+            message.ack()
+            return
+        try:
+            task = self.app.tasks[req.name]
+        except NotRegistered:
+            self._unknown_task(message, req)
+            return
+        request = Request(message, req, task, self.hostname)
+        signals.task_received.send(sender=self, request=request)
+        logger.info("Task %s[%s] received", request.name, request.id)
+        if self._expired(request):
+            return
+        if req.eta is not None and req.eta > datetime.now(timezone.utc):
+            heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
+            self._qos_extra += 1  # an ETA message must not hold a prefetch slot hostage
+            self._apply_qos()
+            return
+        self.ready.append(request)
+
+    def _unknown_task(self, message: Message, req: Any) -> None:
+        logger.error(
+            "Received unregistered task of type %r.\nThe message has been ignored and discarded.\n"
+            "Did you remember to import the module containing this task (imports/include)?",
+            req.name,
+        )
+        signals.task_unknown.send(sender=self, name=req.name, id=req.id, message=message, exc=NotRegistered(req.name))
+        message.reject(requeue=False)
+        if not req.ignore_result:
+            self._store_quietly(req.id, NotRegistered(req.name), states.FAILURE)
+
+    def _expired(self, request: Request) -> bool:
+        expires = request.req.expires
+        if expires is None or expires > datetime.now(timezone.utc):
+            return False
+        logger.info("Discarding expired task %s[%s]", request.name, request.id)
+        request.ack()
+        signals.task_revoked.send(sender=request.task, request=request.context(), terminated=False, signum=None, expired=True)
+        if not request.req.ignore_result:
+            self._store_quietly(request.id, "expired", states.REVOKED, request)
+        return True
+
+    def _store_quietly(self, task_id: str, value: Any, state: str, request: Request | None = None) -> None:
+        try:
+            backend = self.app.backend
+            if state == states.REVOKED:
+                backend.mark_as_revoked(task_id, str(value), request=request.context() if request else None)
+            else:
+                backend.store_result(task_id, value, state)
+        except Exception as exc:  # a result store problem must not stop consumption
+            logger.warning("could not store %s for %s: %r", state, task_id, exc)
+
+    # -- dispatching ------------------------------------------------------------------------
+    def _promote_due_etas(self) -> float | None:
+        """Move due ETA tasks to the ready queue; seconds until the next one is due."""
+        now = time.time()
+        while self.eta_heap and self.eta_heap[0][0] <= now:
+            _, _, request = heapq.heappop(self.eta_heap)
+            self._qos_extra -= 1
+            self._apply_qos()
+            if not self._expired(request):
+                self.ready.append(request)
+        return self.eta_heap[0][0] - now if self.eta_heap else None
+
+    def _dispatch(self) -> None:
+        while self.ready and self.pool.free_slots > 0 and not self.stopping:
+            request = self.ready.popleft()
+            if self._expired(request):
+                continue
+            if not request.acks_late:
+                request.ack()
+            self.active[request.id] = request
+            context = request.context()
+            task = request.task
+            self.pool.apply_async(
+                lambda task=task, context=context: execute(task, context),
+                lambda outcome, request=request: self.completions.put((request, outcome)),
+            )
+
+    def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
+        self.active.pop(request.id, None)
+        self.processed += 1
+        if isinstance(outcome, BaseException):
+            outcome = Outcome(states.FAILURE, exc=outcome)
+        level, line = describe(outcome, request.name, request.id)
+        logger.log(level, line)
+        try:
+            if outcome.state == states.REJECTED:
+                request.reject(requeue=outcome.requeue)
+            else:
+                request.ack()
+        except self.recoverable_errors as exc:
+            logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
+
+    def _drain_completions(self, timeout: float | None = None) -> None:
+        try:
+            item = self.completions.get(timeout=timeout) if timeout else self.completions.get_nowait()
+        except queue.Empty:
+            return
+        self._finish(*item)
+        while True:
+            try:
+                self._finish(*self.completions.get_nowait())
+            except queue.Empty:
+                return
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self) -> None:
+        """One turn: completions, due ETAs, dispatch, then wait on whichever side can progress."""
+        assert self.connection is not None
+        self._drain_completions()
+        next_eta = self._promote_due_etas()
+        self._dispatch()
+        wait = IDLE_WAIT if next_eta is None else min(max(next_eta, 0.0), IDLE_WAIT)
+        if self.pool.free_slots <= 0:
+            # The pool is full: read the broker without blocking (prefetch, heartbeats), then
+            # wait for the next event that matters, a completion.
+            self._drain_broker(0)
+            self._drain_completions(timeout=wait or 0.001)
+        else:
+            # Completions of running tasks wait on this thread to be acked: keep waits short.
+            self._drain_broker(min(wait, 0.05) if self.active else wait)
+        self.connection.heartbeat_check()
+
+    def _drain_broker(self, timeout: float) -> None:
+        assert self.connection is not None
+        try:
+            self.connection.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+
+    def loop(self) -> None:
+        """Consume until ``stopping``; on connection loss, reconnect and carry on."""
+        while not self.stopping:
+            try:
+                self.step()
+            except self.recoverable_errors as exc:
+                if self.stopping:
+                    break
+                self._on_connection_lost(exc)
+
+    def _on_connection_lost(self, exc: BaseException) -> None:
+        logger.error("Connection to broker lost: %r. Reconnecting...", exc)
+        # Unacked messages return to the queue broker-side; forget our copies of them.
+        self.ready.clear()
+        self.eta_heap.clear()
+        try:
+            self.close()
+        except Exception:  # the connection is already broken
+            pass
+        self.connect()
+
+    def shutdown(self, graceful: bool = True) -> None:
+        """Return waiting messages to the queue, let running tasks finish (warm), disconnect."""
+        self.stopping = True
+        waiting = list(self.ready) + [r for _, _, r in self.eta_heap]
+        self.ready.clear()
+        self.eta_heap.clear()
+        for request in waiting:
+            try:
+                request.reject(requeue=True)
+            except self.recoverable_errors:
+                pass
+        if waiting:
+            logger.info("Returned %d unstarted task(s) to the queue", len(waiting))
+        self.pool.stop(graceful=graceful)
+        self._drain_completions()
+        self.close()

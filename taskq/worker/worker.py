@@ -1,0 +1,161 @@
+"""The worker: build the pieces in a readable order, run the consumer, stop cleanly.
+
+Start-up is plain constructor calls (no bootsteps): import task modules, create the pool,
+create the consumer, install signal handlers, run. SIGTERM/SIGINT ask for a warm stop (finish
+running tasks, give back unstarted ones); a second SIGINT or SIGQUIT stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from taskq import __version__, signals
+from taskq.worker.consumer import Consumer
+from taskq.worker.pools import create_pool
+
+if TYPE_CHECKING:
+    from taskq.app import App
+
+logger = logging.getLogger("taskq.worker")
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def expand_hostname(template: str | None) -> str:
+    """Celery's node-name template: ``%h`` host, ``%n`` host name part, ``%d`` domain."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    template = template or "celery@%h"
+    out = template.replace("%h", host).replace("%n", name).replace("%d", domain).replace("%%", "%")
+    return out if "@" in out else f"{out}@{host}"
+
+
+def setup_logging(loglevel: str | int = "WARNING", logfile: str | None = None) -> None:
+    """Configure the root logger once, Celery's format, unless a receiver of setup_logging did."""
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {loglevel!r}")
+    if signals.setup_logging.receivers_for(None):
+        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False)
+        return
+    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    signals.after_setup_logger.send(sender=None, logger=root, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False)
+
+
+class Worker:
+    """A worker node consuming ``queues`` with a pool of ``concurrency`` slots."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        queues: list[str] | None = None,
+        exclude_queues: list[str] | None = None,
+        hostname: str | None = None,
+        prefetch_multiplier: int | None = None,
+        include: list[str] | None = None,
+    ) -> None:
+        self.app = app
+        conf = app.conf
+        self.hostname = expand_hostname(hostname)
+        self.pool_name = pool or conf.worker_pool
+        self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf)
+        for module in include or ():
+            conf.include = (*conf.include, module)
+        app.import_modules()
+        self.pool = create_pool(self.pool_name, self.concurrency)
+        selected = app.broker.queues.select(queues or (), exclude_queues or ())
+        if not selected:
+            raise ValueError("no queues left to consume (all excluded with -X)")
+        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        self.consumer = Consumer(app, self.pool, selected, self.hostname, multiplier)
+        self._stop_requests = 0
+        signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=conf)
+
+    # -- reporting --------------------------------------------------------------------------
+    def banner(self) -> str:
+        app = self.app
+        tasks = sorted(n for n in app.tasks if not n.startswith("celery."))
+        queues = "\n".join(
+            f"                .> {q.name:<16} exchange={q.exchange.name}({q.exchange.type}) key={q.routing_key}"
+            for q in self.consumer.queues
+        )
+        backend = app.result_backend_url
+        from taskq.broker import mask_url
+
+        lines = [
+            f" -------------- {self.hostname} v{__version__}",
+            f"--- ***** ----- {platform.platform()} {platform.python_implementation()} {platform.python_version()}",
+            f"- *** --- * --- [config]",
+            f"- ** ---------- .> app:         {app.main or '__main__'}:{id(app):#x}",
+            f"- ** ---------- .> transport:   {app.broker.masked_url}" + ("  (embedded default)" if app.embedded else ""),
+            f"- ** ---------- .> results:     {mask_url(backend) if backend else 'disabled://'}",
+            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})",
+            "-------------- [queues]",
+            queues,
+            "",
+            "[tasks]",
+            *(f"  . {name}" for name in tasks),
+            "",
+        ]
+        return "\n".join(lines)
+
+    # -- running ----------------------------------------------------------------------------
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requests += 1
+        cold = signum == getattr(signal, "SIGQUIT", None) or self._stop_requests > 1
+        name = signal.Signals(signum).name
+        if cold:
+            logger.warning("%s received: cold shutdown (running tasks are abandoned)", name)
+            self.consumer.stopping = True
+            self._cold = True
+        else:
+            logger.warning("%s received: warm shutdown (finishing running tasks)", name)
+            self.consumer.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        for name in ("SIGTERM", "SIGINT", "SIGQUIT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._on_stop_signal)
+
+    def start(self, install_signals: bool = True) -> None:
+        """Run until a stop signal or ``stop()``; always leaves the broker tidy."""
+        self._cold = False
+        if install_signals:
+            self.install_signal_handlers()
+        signals.worker_init.send(sender=self)
+        self.pool.start()
+        self.consumer.connect()
+        logger.info("%s ready.", self.hostname)
+        signals.worker_ready.send(sender=self)
+        try:
+            self.consumer.loop()
+        finally:
+            signals.worker_shutting_down.send(sender=self.hostname, sig=None, how="Cold" if self._cold else "Warm", exitcode=0)
+            self.consumer.shutdown(graceful=not self._cold)
+            signals.worker_shutdown.send(sender=self)
+            logger.info("%s stopped.", self.hostname)
+
+    def stop(self) -> None:
+        """Ask for a warm stop from another thread (tests, embedding)."""
+        self.consumer.stopping = True
+
+
+def start_worker(app: App, **options: Any) -> Worker:
+    """Build a worker and run it in the calling thread (blocks until stopped)."""
+    worker = Worker(app, **options)
+    worker.start()
+    return worker

@@ -1,0 +1,89 @@
+"""Shared fixtures: real servers for service tests, isolated per run.
+
+A service test must talk to a real Redis or RabbitMQ. On a laptop without them the test is
+skipped with a loud reason; under ``CI=true`` a missing server is a failure, so CI can never
+go green by skipping what it was meant to prove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_HOST = os.environ.get("TASKQ_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("TASKQ_TEST_REDIS_PORT", "6379"))
+# One DB for this suite, flushed before and after the run; the vectors were captured in DB 15.
+REDIS_DB = int(os.environ.get("TASKQ_TEST_REDIS_DB", "11"))
+AMQP_HOST = os.environ.get("TASKQ_TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("TASKQ_TEST_AMQP_PORT", "5672"))
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: service tests must run, not skip)")
+    pytest.skip(f"SKIPPED SERVICE TEST: {message}; start it to run this test")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://`` URL of this run's own DB, flushed before and after."""
+    need_service("Redis", REDIS_HOST, REDIS_PORT)
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """``amqp://`` URL of a RabbitMQ vhost made for this run and deleted after it."""
+    need_service("RabbitMQ", AMQP_HOST, AMQP_PORT)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:  # a remote server: share the default vhost, queues are per test anyway
+        yield f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}//"
+        return
+    vhost = f"taskq-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    yield f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
+    subprocess.run([ctl, "delete_vhost", vhost], capture_output=True)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> str:
+    return f"sqlite:///{tmp_path}/taskq.sqlite3"
