@@ -11,7 +11,6 @@ import heapq
 import itertools
 import logging
 import queue
-import socket
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
-from taskq.exceptions import InvalidTaskError, NotRegistered
+from taskq.exceptions import InvalidTaskError, NotRegistered, OperationalError
 from taskq.message import parse
 from taskq.worker.execute import Outcome, describe, execute
 from taskq.worker.pools import Pool
@@ -69,25 +68,34 @@ class Consumer:
         self.recoverable_errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
 
     # -- connection -------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Connect (retrying with back-off) and start consuming."""
-        broker = self.app.broker
+    def connect(self, startup: bool = False) -> None:
+        """Connect (retrying with back-off, as configured) and start consuming."""
+        broker, conf = self.app.broker, self.app.conf
         self.connection = broker.new_connection()
+        retry = conf.broker_connection_retry
+        if startup and conf.broker_connection_retry_on_startup is not None:
+            retry = conf.broker_connection_retry_on_startup
+        max_retries = conf.broker_connection_max_retries if retry else 0
+        attempts = itertools.count(1)
 
         def errback(exc: BaseException, interval: float) -> None:
-            logger.error("cannot connect to %s: %s. Trying again in %.1f s...", broker.masked_url, exc, interval)
+            logger.error(
+                "Cannot connect to %s: %s. Trying again in %.1f s... (%d/%s)",
+                broker.masked_url, exc, interval, next(attempts), max_retries or "inf",
+            )  # fmt: skip
 
-        self.connection.ensure_connection(
-            errback=errback,
-            max_retries=self.app.conf.broker_connection_max_retries,
-            interval_start=2,
-            interval_step=2,
-            interval_max=30,
-        )
+        try:
+            self.connection.ensure_connection(
+                errback=errback, max_retries=max_retries, interval_start=2, interval_step=2, interval_max=30
+            )
+        except CONNECTION_ERRORS + tuple(self.connection.connection_errors) as exc:
+            raise OperationalError(f"cannot connect to {broker.masked_url}: {exc}") from exc
         self.recoverable_errors = tuple(self.connection.connection_errors) + CONNECTION_ERRORS
         channel = self.connection.default_channel
         self._qos_extra = 0
-        self._kombu_consumer = KombuConsumer(channel, queues=self.queues, on_message=self.on_message, accept=self.accept)
+        self._kombu_consumer = KombuConsumer(
+            channel, queues=self.queues, on_message=self.on_message, accept=self.accept
+        )
         self._apply_qos()
         self._kombu_consumer.consume()
         logger.info("Connected to %s", broker.masked_url)
@@ -112,11 +120,18 @@ class Consumer:
         try:
             body = message.decode()
         except ContentDisallowed as exc:
-            logger.error("Refused message with content type %r: %s (accept_content is %s)", message.content_type, exc, sorted(self.accept))
+            logger.error(
+                "Refused message with content type %r: %s (accept_content is %s)",
+                message.content_type,
+                exc,
+                sorted(self.accept),
+            )
             message.reject(requeue=False)
             return
         except (DecodeError, Exception) as exc:
-            logger.critical("Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type)
+            logger.critical(
+                "Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type
+            )
             message.ack()
             return
         try:
@@ -148,7 +163,9 @@ class Consumer:
             "Did you remember to import the module containing this task (imports/include)?",
             req.name,
         )
-        signals.task_unknown.send(sender=self, name=req.name, id=req.id, message=message, exc=NotRegistered(req.name))
+        signals.task_unknown.send(
+            sender=self, name=req.name, id=req.id, message=message, exc=NotRegistered(req.name)
+        )
         message.reject(requeue=False)
         if not req.ignore_result:
             self._store_quietly(req.id, NotRegistered(req.name), states.FAILURE)
@@ -159,7 +176,9 @@ class Consumer:
             return False
         logger.info("Discarding expired task %s[%s]", request.name, request.id)
         request.ack()
-        signals.task_revoked.send(sender=request.task, request=request.context(), terminated=False, signum=None, expired=True)
+        signals.task_revoked.send(
+            sender=request.task, request=request.context(), terminated=False, signum=None, expired=True
+        )
         if not request.req.ignore_result:
             self._store_quietly(request.id, "expired", states.REVOKED, request)
         return True
@@ -250,7 +269,7 @@ class Consumer:
         assert self.connection is not None
         try:
             self.connection.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
 
     def loop(self) -> None:

@@ -53,8 +53,12 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
     started = time.monotonic()
     try:
         if backend is not None and track_started and not ignore_result:
-            _store(backend.mark_as_started, context, request=context, pid=os.getpid(), hostname=context.hostname)
-        signals.task_prerun.send(sender=task, task_id=context.id, task=task, args=context.args, kwargs=context.kwargs)
+            _store(
+                backend.mark_as_started, context, request=context, pid=os.getpid(), hostname=context.hostname
+            )
+        signals.task_prerun.send(
+            sender=task, task_id=context.id, task=task, args=context.args, kwargs=context.kwargs
+        )
         try:
             retval = _call(task, context)
         except Ignore:
@@ -64,7 +68,9 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
         except Retry as exc:
             outcome = Outcome(states.RETRY, exc=exc, traceback=tb.format_exc())
             if backend is not None:
-                _store(backend.store_result, context, exc.exc or exc, states.RETRY, outcome.traceback, context)
+                _store(
+                    backend.store_result, context, exc.exc or exc, states.RETRY, outcome.traceback, context
+                )
         except Exception as exc:
             outcome = Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc())
             _on_failure(task, context, outcome, backend, ignore_result)
@@ -89,7 +95,11 @@ def _on_failure(
 ) -> None:
     exc = outcome.exc
     assert exc is not None
-    store = not ignore_result or task.store_errors_even_if_ignored or task.app.conf.task_store_errors_even_if_ignored
+    store = (
+        not ignore_result
+        or task.store_errors_even_if_ignored
+        or task.app.conf.task_store_errors_even_if_ignored
+    )
     if backend is not None and store:
         _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
     signals.task_failure.send(
@@ -109,11 +119,20 @@ def _store(method: Any, context: Context, *args: Any, **kwargs: Any) -> None:
 def describe(outcome: Outcome, name: str, task_id: str | None) -> tuple[int, str]:
     """The worker's log line for an outcome, in Celery's wording."""
     if outcome.state == states.SUCCESS:
-        return logging.INFO, f"Task {name}[{task_id}] succeeded in {outcome.runtime:.6f}s: {saferepr(outcome.retval)}"
+        return (
+            logging.INFO,
+            f"Task {name}[{task_id}] succeeded in {outcome.runtime:.6f}s: {saferepr(outcome.retval)}",
+        )
     if outcome.state == states.FAILURE:
-        return logging.ERROR, f"Task {name}[{task_id}] raised unexpected: {outcome.exc!r}\n{outcome.traceback}"
+        return (
+            logging.ERROR,
+            f"Task {name}[{task_id}] raised unexpected: {outcome.exc!r}\n{outcome.traceback}",
+        )
     if outcome.state == states.RETRY:
         return logging.INFO, f"Task {name}[{task_id}] retry: {outcome.exc}"
     if outcome.state == states.REJECTED:
-        return logging.WARNING, f"Task {name}[{task_id}] rejected: {outcome.exc!r} (requeue={outcome.requeue})"
+        return (
+            logging.WARNING,
+            f"Task {name}[{task_id}] rejected: {outcome.exc!r} (requeue={outcome.requeue})",
+        )
     return logging.INFO, f"Task {name}[{task_id}] {outcome.state.lower()}"

@@ -22,7 +22,7 @@ logger = logging.getLogger("taskq.worker")
 class Request:
     """A task message accepted by the consumer and waiting for, or in, the pool."""
 
-    __slots__ = ("message", "req", "task", "hostname", "acked")
+    __slots__ = ("acked", "hostname", "message", "req", "task")
 
     def __init__(self, message: Message, req: TaskRequest, task: Task[Any, Any], hostname: str) -> None:
         self.message = message

@@ -42,14 +42,18 @@ def setup_logging(loglevel: str | int = "WARNING", logfile: str | None = None) -
     if not isinstance(level, int):
         raise ValueError(f"unknown log level {loglevel!r}")
     if signals.setup_logging.receivers_for(None):
-        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False)
+        signals.setup_logging.send(
+            sender=None, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False
+        )
         return
     handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    signals.after_setup_logger.send(sender=None, logger=root, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False)
+    signals.after_setup_logger.send(
+        sender=None, logger=root, loglevel=level, logfile=logfile, format=LOG_FORMAT, colorize=False
+    )
 
 
 class Worker:
@@ -99,9 +103,10 @@ class Worker:
         lines = [
             f" -------------- {self.hostname} v{__version__}",
             f"--- ***** ----- {platform.platform()} {platform.python_implementation()} {platform.python_version()}",
-            f"- *** --- * --- [config]",
+            "- *** --- * --- [config]",
             f"- ** ---------- .> app:         {app.main or '__main__'}:{id(app):#x}",
-            f"- ** ---------- .> transport:   {app.broker.masked_url}" + ("  (embedded default)" if app.embedded else ""),
+            f"- ** ---------- .> transport:   {app.broker.masked_url}"
+            + ("  (embedded default)" if app.embedded else ""),
             f"- ** ---------- .> results:     {mask_url(backend) if backend else 'disabled://'}",
             f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})",
             "-------------- [queues]",
@@ -115,7 +120,9 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------------
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stop_requests += 1
+        # Celery's rule: SIGQUIT is cold, and so is a second Ctrl-C; SIGTERM is always warm.
+        if signum == signal.SIGINT:
+            self._stop_requests += 1
         cold = signum == getattr(signal, "SIGQUIT", None) or self._stop_requests > 1
         name = signal.Signals(signum).name
         if cold:
@@ -138,13 +145,15 @@ class Worker:
             self.install_signal_handlers()
         signals.worker_init.send(sender=self)
         self.pool.start()
-        self.consumer.connect()
+        self.consumer.connect(startup=True)
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         try:
             self.consumer.loop()
         finally:
-            signals.worker_shutting_down.send(sender=self.hostname, sig=None, how="Cold" if self._cold else "Warm", exitcode=0)
+            signals.worker_shutting_down.send(
+                sender=self.hostname, sig=None, how="Cold" if self._cold else "Warm", exitcode=0
+            )
             self.consumer.shutdown(graceful=not self._cold)
             signals.worker_shutdown.send(sender=self)
             logger.info("%s stopped.", self.hostname)

@@ -1,0 +1,97 @@
+"""SQLite result backend: results of the embedded default, in the broker's file by default.
+
+Stores the same meta bytes the Redis backend stores (Celery's JSON), keyed the same way, so
+moving from the embedded default to Redis changes nothing but the URL. SQLite cannot notify
+another process, so ``get()`` polls with a short, capped back-off; an indexed primary-key read
+is cheap enough for that.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskq.backend.base import ResultBackend
+from taskq.broker.sqlite import path_from_url
+from taskq.exceptions import BackendError
+
+if TYPE_CHECKING:
+    from taskq.app import App
+
+BUSY_TIMEOUT_MS = 5000
+POLL_CAP = 0.05  # the longest pause between two reads while waiting for a result
+PURGE_EVERY = 1000  # expired rows are deleted once every this many writes
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taskq_result (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL);
+CREATE INDEX IF NOT EXISTS taskq_result_expires ON taskq_result (expires) WHERE expires IS NOT NULL;
+"""
+
+
+class SQLiteBackend(ResultBackend):
+    """Results in a SQLite file; one connection per thread (pool threads store concurrently)."""
+
+    def __init__(self, app: App, url: str | None = None) -> None:
+        super().__init__(app, url)
+        self.path = path_from_url(url or "sqlite://")
+        self._local = threading.local()
+        self._writes = 0
+        self._db()  # open now: a bad path is reported at configuration time
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                db.execute("PRAGMA journal_mode = WAL").fetchall()
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise BackendError(f"cannot use {self.path!r} as SQLite result store: {exc}") from exc
+            self._local.db = db
+        return db
+
+    def _get(self, key: str) -> bytes | str | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT value FROM taskq_result WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, time.time()),
+            )
+            .fetchone()
+        )
+        return None if row is None else row[0]  # type: ignore[no-any-return]
+
+    def _set(self, key: str, value: bytes | str, ttl: float | None) -> None:
+        db = self._db()
+        expires = time.time() + ttl if ttl else None
+        db.execute(
+            "INSERT OR REPLACE INTO taskq_result (key, value, expires) VALUES (?, ?, ?)",
+            (key, value, expires),
+        )
+        self._writes += 1
+        if self._writes % PURGE_EVERY == 0:
+            db.execute("DELETE FROM taskq_result WHERE expires < ?", (time.time(),))
+
+    def _delete(self, key: str) -> None:
+        self._db().execute("DELETE FROM taskq_result WHERE key = ?", (key,))
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_interval: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        return super().wait_for(task_id, timeout, min(interval, POLL_CAP), on_interval)
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
