@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from taskq.broker import Broker
 
 logger = logging.getLogger("taskq.app")
+_AsyncResult = AsyncResult  # the method App.AsyncResult shadows the class inside the class body
 T = TypeVar("T", bound=Task[Any, Any])
 
 EMBEDDED_FILE = "taskq.sqlite3"
@@ -194,9 +195,14 @@ class App:
     @property
     def thread_oid(self) -> str:
         """Per-thread reply address (``reply_to``), derived as Celery derives it."""
-        return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{uuid.getnode():x}-{os.getpid():x}-{threading.get_ident():x}-{id(self):x}"))
+        return str(
+            uuid.uuid3(
+                uuid.NAMESPACE_OID,
+                f"{uuid.getnode():x}-{os.getpid():x}-{threading.get_ident():x}-{id(self):x}",
+            )
+        )
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:  # noqa: N802
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult[Any]:  # noqa: N802
         return AsyncResult(task_id, app=self, **kwargs)
 
     def close(self) -> None:
@@ -212,22 +218,41 @@ class App:
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
     @overload
     def task(
-        self, *, bind: Literal[True], name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+        self,
+        *,
+        bind: Literal[True],
+        name: str | None = ...,
+        base: type[Task[Any, Any]] | None = ...,
+        **options: Any,
     ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
     @overload
     def task(
-        self, *, bind: Literal[False] = ..., name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+        self,
+        *,
+        bind: Literal[False] = ...,
+        name: str | None = ...,
+        base: type[Task[Any, Any]] | None = ...,
+        **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(  # type: ignore[misc]  # mypy cannot match **options against positional-only fun
+        self,
+        fun: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
+    ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
         if fun is not None:
             if not callable(fun):
                 raise TypeError("@app.task takes a function; use @app.task(...) for options")
-            return self._task_from_fun(fun)
+            return self._task_from_fun(fun, name=name, base=base, bind=bind, **options)
 
         def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            return self._task_from_fun(f, **options)
+            return self._task_from_fun(f, name=name, base=base, bind=bind, **options)
 
         return decorate
 
@@ -306,7 +331,7 @@ class App:
         task_id: str | None = None,
         expires: float | datetime | str | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> _AsyncResult[Any]:
         """Send a task by name; the task need not be registered in this process."""
         unknown = set(options) - SEND_OPTIONS - _warned_options
         for option in sorted(unknown):
@@ -370,8 +395,10 @@ class App:
         if priority is None:
             priority = conf.task_default_priority
         serializer = route.get("serializer") or (task.serializer if task else None) or conf.task_serializer
-        compression = route.get("compression") or (task.compression if task else None) or conf.task_compression
-        result: AsyncResult[Any] = AsyncResult(task_id, app=self, task_name=name)
+        compression = (
+            route.get("compression") or (task.compression if task else None) or conf.task_compression
+        )
+        result: _AsyncResult[Any] = AsyncResult(task_id, app=self, task_name=name)
         if not ignore_result and parent is None:
             self.backend.on_task_call(task_id)
         signals.before_task_publish.send(

@@ -282,7 +282,7 @@ def worker(settings: Settings, **opts: Any) -> None:
 
 def reorder_args(argv: Sequence[str]) -> list[str]:
     """Put global options before the command and command options after it."""
-    commands = cli.commands  # type: ignore[attr-defined]
+    commands = cli.commands
     pre: list[str] = []
     i = 0
     while i < len(argv) and argv[i] not in commands:

@@ -137,11 +137,13 @@ class AsyncResult(Generic[R]):
         """
         if disable_sync_subtasks:
             _refuse_inside_task()
-        meta = self._cache or self.backend.wait_for(self.id, timeout=timeout, interval=interval, on_interval=on_interval)
+        meta = self._cache or self.backend.wait_for(
+            self.id, timeout=timeout, interval=interval, on_interval=on_interval
+        )
         self._cache = meta
         if meta["status"] in states.PROPAGATE_STATES and propagate:
             raise self.backend.exception_from_meta(meta)
-        return self.result  # type: ignore[no-any-return]
+        return self.result
 
     wait = get
 
@@ -187,7 +189,7 @@ class EagerResult(AsyncResult[R]):
     ) -> R:
         if propagate and self.state in states.PROPAGATE_STATES:
             raise self.result
-        return self.result  # type: ignore[no-any-return]
+        return self.result
 
     wait = get
 

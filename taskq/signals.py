@@ -51,7 +51,9 @@ class Signal:
                 self._receivers.append((key, sender, ref))
         return receiver
 
-    def disconnect(self, receiver: Receiver | None = None, *, sender: Any = None, dispatch_uid: Any = None) -> bool:
+    def disconnect(
+        self, receiver: Receiver | None = None, *, sender: Any = None, dispatch_uid: Any = None
+    ) -> bool:
         key = dispatch_uid if dispatch_uid is not None else _receiver_id(receiver)
         with self._lock:
             before = len(self._receivers)
@@ -62,7 +64,9 @@ class Signal:
         out = []
         for _, wanted, ref in list(self._receivers):
             fn = ref() if isinstance(ref, (weakref.ref, weakref.WeakMethod)) else ref
-            if fn is not None and (wanted is None or wanted is sender or wanted == getattr(sender, "name", sender)):
+            if fn is not None and (
+                wanted is None or wanted is sender or wanted == getattr(sender, "name", sender)
+            ):
                 out.append(fn)
         return out
 

@@ -132,7 +132,7 @@ class Task(Generic[P, R]):
     # -- calling ----------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task function here and now, as a plain call."""
-        return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+        return self.run(*args, **kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments; shortcut of ``apply_async``."""
@@ -151,7 +151,7 @@ class Task(Generic[P, R]):
         if self.typing:
             self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id, **options)  # type: ignore[return-value]
+            return self.apply(args, kwargs, task_id=task_id, **options)
         for attr in ("queue", "routing_key", "exchange", "priority", "shadow", "expires", "delivery_mode"):
             if options.get(attr) is None and getattr(self, attr, None) is not None:
                 options[attr] = getattr(self, attr)
@@ -188,7 +188,14 @@ class Task(Generic[P, R]):
         outcome = execute(self, context, store_result=store)
         if outcome.exc is not None and self.app.conf.task_eager_propagates:
             raise outcome.exc
-        return EagerResult(task_id, outcome.retval if outcome.exc is None else outcome.exc, outcome.state, outcome.traceback, app=self.app, name=self.name)
+        return EagerResult(
+            task_id,
+            outcome.retval if outcome.exc is None else outcome.exc,
+            outcome.state,
+            outcome.traceback,
+            app=self.app,
+            name=self.name,
+        )
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Fail at send time, as Celery does, when the arguments cannot bind to the function."""
@@ -212,7 +219,9 @@ class Task(Generic[P, R]):
         task_id = task_id or request.id
         if task_id is None:
             raise ValueError("update_state needs a task_id outside a running task")
-        self.backend.store_result(task_id, meta, state or "PENDING", request=request if request.id == task_id else None)
+        self.backend.store_result(
+            task_id, meta, state or "PENDING", request=request if request.id == task_id else None
+        )
 
 
 def make_task_class(
@@ -241,5 +250,5 @@ def make_task_class(
     cls = type(fun.__name__, (base,), attrs)
     task = cls()
     task.app = app
-    task.run = run.__get__(task) if bind else run  # type: ignore[attr-defined]
+    task.run = run.__get__(task) if bind else run
     return task

@@ -80,7 +80,7 @@ def exception_from_dict(data: Mapping[str, Any]) -> BaseException:
     message = data.get("exc_message")
     args = list(message) if isinstance(message, (list, tuple)) else [message]
     try:
-        return cls(*args)  # type: ignore[no-any-return]
+        return cls(*args)
     except Exception:  # constructor wants other arguments: keep the type name, lose nothing
         return _standin_exception(module, name)(*args)
 
@@ -125,7 +125,7 @@ class ResultBackend:
                 payload if isinstance(payload, bytes) else payload.encode(), self.compression
             )
             return COMPRESSED_MARKER + ctype.encode() + b"\x00" + body
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     def decode(self, payload: bytes | str) -> Any:
         if isinstance(payload, bytes) and payload.startswith(COMPRESSED_MARKER):
@@ -279,7 +279,9 @@ class DisabledBackend(ResultBackend):
         self.app = app
         self.url = url
 
-    def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None) -> dict[str, Any]:
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None
+    ) -> dict[str, Any]:
         return {"status": state, "result": result, "task_id": task_id}
 
     def _unavailable(self, *args: Any, **kwargs: Any) -> Any:
@@ -288,7 +290,7 @@ class DisabledBackend(ResultBackend):
             "'redis://localhost:6379/1') or pass backend=... to the app to read results."
         )
 
-    get_task_meta = wait_for = forget = _unavailable  # type: ignore[assignment]
+    get_task_meta = wait_for = forget = _unavailable
 
 
 def _seconds(value: Any) -> float | None:
@@ -300,10 +302,10 @@ def _seconds(value: Any) -> float | None:
 
 
 __all__ = [
-    "ResultBackend",
-    "DisabledBackend",
-    "exception_to_dict",
-    "exception_from_dict",
-    "TASK_KEY_PREFIX",
     "GROUP_KEY_PREFIX",
+    "TASK_KEY_PREFIX",
+    "DisabledBackend",
+    "ResultBackend",
+    "exception_from_dict",
+    "exception_to_dict",
 ]

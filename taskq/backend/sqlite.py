@@ -65,7 +65,7 @@ class SQLiteBackend(ResultBackend):
             )
             .fetchone()
         )
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None else row[0]
 
     def _set(self, key: str, value: bytes | str, ttl: float | None) -> None:
         db = self._db()

@@ -23,7 +23,7 @@ from taskq.message import OutgoingMessage
 
 from .routing import Destination, Queues, Router
 
-__all__ = ["Broker", "Destination", "Queues", "Router", "mask_url", "CONNECTION_ERRORS"]
+__all__ = ["CONNECTION_ERRORS", "Broker", "Destination", "Queues", "Router", "mask_url"]
 
 _register_sqlite()
 

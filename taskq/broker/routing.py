@@ -7,6 +7,7 @@ means a Celery worker and a taskq worker see the same lists and bindings on ever
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -69,9 +70,7 @@ class Queues:
 
     def _default_queue(self) -> Queue:
         name = self.default_name
-        exchange = Exchange(
-            self.conf.task_default_exchange or name, self.conf.task_default_exchange_type
-        )
+        exchange = Exchange(self.conf.task_default_exchange or name, self.conf.task_default_exchange_type)
         return Queue(
             name,
             exchange,
@@ -116,24 +115,32 @@ class Queues:
         return queue
 
 
+def _glob_match(pattern: str, name: str) -> bool:
+    return fnmatchcase(name, pattern)
+
+
+def _regex_match(pattern: re.Pattern[str], name: str) -> bool:
+    return pattern.match(name) is not None
+
+
 def _compile_map(table: Mapping[Any, Any]) -> RouterFn:
     """A ``{name|glob|regex: route}`` table as a router function (exact names first)."""
     exact: dict[str, Any] = {}
     patterns: list[tuple[Callable[[str], bool], Any]] = []
-    for key, route in table.items():
+    for key, value in table.items():
         if isinstance(key, re.Pattern):
-            patterns.append((lambda n, k=key: bool(k.match(n)), route))
+            patterns.append((functools.partial(_regex_match, key), value))
         elif isinstance(key, str) and any(c in key for c in "*?["):
-            patterns.append((lambda n, k=key: fnmatchcase(n, k), route))
+            patterns.append((functools.partial(_glob_match, key), value))
         else:
-            exact[key] = route
+            exact[key] = value
 
     def route(name: str, *args: Any, **kwargs: Any) -> Any:
         if name in exact:
             return exact[name]
-        for match, value in patterns:
+        for match, found in patterns:
             if match(name):
-                return value
+                return found
         return None
 
     return route
@@ -186,7 +193,7 @@ class Router:
 
     def destination(self, options: Mapping[str, Any]) -> Destination:
         """Celery's rule: direct queues go through the anonymous exchange, keyed by name."""
-        queue: Queue | None = options.get("queue")  # type: ignore[assignment]
+        queue: Queue | None = options.get("queue")
         exchange = options.get("exchange")
         routing_key = options.get("routing_key")
         if isinstance(exchange, Exchange):

@@ -7,6 +7,7 @@ pool has room, and otherwise waits on completions, so neither side starves the o
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     from taskq.app import App
 
 logger = logging.getLogger("taskq.worker")
-IDLE_WAIT = 1.0  # longest a blocked drain or wait lasts, so stop requests are seen promptly
+IDLE_WAIT = 1.0  # longest a blocked drain lasts, so stop requests are seen promptly
+ACTIVE_TICK = 0.005  # longest a finished task waits for its ack and for its slot to be refilled
 
 
 class Consumer:
@@ -55,7 +57,7 @@ class Consumer:
         self.hostname = hostname
         self.prefetch_count = max(pool.limit * max(prefetch_multiplier, 0), 0)
         self.accept = set(app.conf.accept_content or ["json"])
-        self.completions: queue.SimpleQueue[tuple[Request, Outcome]] = queue.SimpleQueue()
+        self.completions: queue.SimpleQueue[tuple[Request, Outcome | BaseException]] = queue.SimpleQueue()
         self.ready: deque[Request] = deque()
         self.eta_heap: list[tuple[float, int, Request]] = []
         self._seq = itertools.count()
@@ -216,9 +218,13 @@ class Consumer:
             context = request.context()
             task = request.task
             self.pool.apply_async(
-                lambda task=task, context=context: execute(task, context),
-                lambda outcome, request=request: self.completions.put((request, outcome)),
+                functools.partial(execute, task, context),
+                functools.partial(self._completed, request),
             )
+
+    def _completed(self, request: Request, outcome: Outcome | BaseException) -> None:
+        """Called in the pool's thread: hand the outcome over to the consumer's thread."""
+        self.completions.put((request, outcome))
 
     def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
         self.active.pop(request.id, None)
@@ -249,20 +255,17 @@ class Consumer:
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> None:
-        """One turn: completions, due ETAs, dispatch, then wait on whichever side can progress."""
+        """One turn: completions, due ETAs, dispatch, then wait for the broker."""
         assert self.connection is not None
         self._drain_completions()
         next_eta = self._promote_due_etas()
         self._dispatch()
         wait = IDLE_WAIT if next_eta is None else min(max(next_eta, 0.0), IDLE_WAIT)
-        if self.pool.free_slots <= 0:
-            # The pool is full: read the broker without blocking (prefetch, heartbeats), then
-            # wait for the next event that matters, a completion.
-            self._drain_broker(0)
-            self._drain_completions(timeout=wait or 0.001)
-        else:
-            # Completions of running tasks wait on this thread to be acked: keep waits short.
-            self._drain_broker(min(wait, 0.05) if self.active else wait)
+        if self.active:
+            # Running tasks report back through a queue this thread cannot block on while it
+            # blocks on the broker, so it blocks on the broker only briefly.
+            wait = min(wait, ACTIVE_TICK)
+        self._drain_broker(wait)
         self.connection.heartbeat_check()
 
     def _drain_broker(self, timeout: float) -> None:

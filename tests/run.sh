@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The test command of the README (and of CI): install everything, make sure Redis and RabbitMQ
+# run, lint, type-check and run the whole suite. Service tests fail (not skip) under CI=true.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {  # port, seconds
+    for _ in $(seq 1 "$2"); do port_open "$1" && return 0; sleep 1; done
+    return 1
+}
+apt_install() {
+    command -v apt-get >/dev/null || return 1
+    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq && APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+log "python environment"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import taskq, kombu, redis, amqp, celery" # fail now if the install did not work
+
+log "services"
+if ! port_open 6379; then
+    command -v redis-server >/dev/null || apt_install redis-server || echo "cannot install redis-server"
+    redis-server --daemonize yes --port 6379 --save "" --appendonly no >/dev/null || true
+    wait_port 6379 15 || echo "WARNING: Redis is not running on 127.0.0.1:6379"
+fi
+if ! port_open 5672; then
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server || echo "cannot install rabbitmq-server"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_port 5672 90 || echo "WARNING: RabbitMQ is not running on 127.0.0.1:5672"
+fi
+port_open 6379 && echo "Redis: up" || true
+port_open 5672 && echo "RabbitMQ: up" || true
+
+log "lint and types"
+.venv/bin/ruff check taskq tests examples benchmarks
+.venv/bin/ruff format --check taskq tests examples benchmarks
+.venv/bin/mypy taskq
+
+log "tests"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure here" >&2
+    exit 1
+fi
+exit "$rc"
