@@ -74,8 +74,20 @@ class App:
         task_cls: type[Task[Any, Any]] | str | None = None,
         namespace: str | None = None,
         strict_typing: bool = True,
+        changes: Mapping[str, Any] | None = None,
+        config_source_silent: bool = False,
+        loader: Any = None,
+        amqp: Any = None,
+        events: Any = None,
+        log: Any = None,
+        control: Any = None,
+        tasks: Any = None,
+        fixups: Any = None,
+        autofinalize: bool = True,
         **settings: Any,
     ) -> None:
+        # loader/amqp/events/log/control/tasks/fixups/autofinalize are Celery's extension points;
+        # they are accepted so a ported constructor call works, and taskq has no use for them.
         self.main = main
         self.conf = Settings()
         self.strict_typing = strict_typing
@@ -88,13 +100,14 @@ class App:
         self._pending_autodiscover: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
         if config_source is not None:
-            self.config_from_object(config_source, namespace=namespace)
+            self.config_from_object(config_source, silent=config_source_silent, namespace=namespace)
         if broker:
             self.conf.broker_url = broker
         if backend:
             self.conf.result_backend = backend
         if include:
             self.conf.include = tuple(self.conf.include) + tuple(include)
+        self.conf.update(changes or {})
         self.conf.update(settings)
         if set_as_current:
             _state.set_current_app(self)
@@ -168,7 +181,7 @@ class App:
                 if self._broker is None:
                     from taskq.broker import Broker
 
-                    self._broker = Broker(self.broker_url, self.conf)
+                    self._broker = Broker(self.conf.broker_write_url or self.broker_url, self.conf)
         return self._broker
 
     @property

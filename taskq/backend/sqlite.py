@@ -32,6 +32,22 @@ CREATE INDEX IF NOT EXISTS taskq_result_expires ON taskq_result (expires) WHERE 
 """
 
 
+def _retry_locked(action: Callable[[], None], attempts: int = 50) -> None:
+    """Retry what SQLite refuses with "database is locked" without calling the busy handler.
+
+    Schema and journal-mode changes can fail at once when another process opens the same file
+    at the same moment (SQLite skips the busy handler where waiting could deadlock).
+    """
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+
+
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; one connection per thread (pool threads store concurrently)."""
 
@@ -40,6 +56,7 @@ class SQLiteBackend(ResultBackend):
         self.path = path_from_url(url or "sqlite://")
         self._local = threading.local()
         self._writes = 0
+        self._ready = False
         self._db()  # open now: a bad path is reported at configuration time
 
     def _db(self) -> sqlite3.Connection:
@@ -48,13 +65,21 @@ class SQLiteBackend(ResultBackend):
             try:
                 db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                db.execute("PRAGMA journal_mode = WAL").fetchall()
                 db.execute("PRAGMA synchronous = NORMAL")
-                db.executescript(_SCHEMA)
+                if not self._ready:
+                    _retry_locked(lambda: self._prepare(db))
+                    self._ready = True
             except sqlite3.Error as exc:
                 raise BackendError(f"cannot use {self.path!r} as SQLite result store: {exc}") from exc
             self._local.db = db
         return db
+
+    @staticmethod
+    def _prepare(db: sqlite3.Connection) -> None:
+        # Switching to WAL takes an exclusive lock; skip it when another process already did.
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode = WAL").fetchall()
+        db.executescript(_SCHEMA)
 
     def _get(self, key: str) -> bytes | str | None:
         row = (

@@ -61,7 +61,7 @@ class Consumer:
         self.ready: deque[Request] = deque()
         self.eta_heap: list[tuple[float, int, Request]] = []
         self._seq = itertools.count()
-        self.active: dict[str, Request] = {}
+        self.active: set[Request] = set()
         self.connection: Connection | None = None
         self._kombu_consumer: KombuConsumer | None = None
         self._qos_extra = 0
@@ -73,7 +73,7 @@ class Consumer:
     def connect(self, startup: bool = False) -> None:
         """Connect (retrying with back-off, as configured) and start consuming."""
         broker, conf = self.app.broker, self.app.conf
-        self.connection = broker.new_connection()
+        self.connection = broker.new_connection(conf.broker_read_url or None)
         retry = conf.broker_connection_retry
         if startup and conf.broker_connection_retry_on_startup is not None:
             retry = conf.broker_connection_retry_on_startup
@@ -214,7 +214,7 @@ class Consumer:
                 continue
             if not request.acks_late:
                 request.ack()
-            self.active[request.id] = request
+            self.active.add(request)
             context = request.context()
             task = request.task
             self.pool.apply_async(
@@ -227,7 +227,7 @@ class Consumer:
         self.completions.put((request, outcome))
 
     def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
-        self.active.pop(request.id, None)
+        self.active.discard(request)
         self.processed += 1
         if isinstance(outcome, BaseException):
             outcome = Outcome(states.FAILURE, exc=outcome)
@@ -241,12 +241,7 @@ class Consumer:
         except self.recoverable_errors as exc:
             logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
 
-    def _drain_completions(self, timeout: float | None = None) -> None:
-        try:
-            item = self.completions.get(timeout=timeout) if timeout else self.completions.get_nowait()
-        except queue.Empty:
-            return
-        self._finish(*item)
+    def _drain_completions(self) -> None:
         while True:
             try:
                 self._finish(*self.completions.get_nowait())
