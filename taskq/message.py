@@ -9,7 +9,6 @@ lenient about everything else, because messages also come from older Celery vers
 from __future__ import annotations
 
 import os
-import reprlib
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,33 +18,10 @@ from typing import Any
 from dateutil.parser import isoparse
 
 from taskq.exceptions import InvalidTaskError
+from taskq.saferepr import REPR_MAXLEN, saferepr
 
 EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
-REPR_MAXLEN = 1024
-
-
-class _SafeRepr(reprlib.Repr):
-    """Celery's ``saferepr`` shape: nesting cut at 3 levels, no per-container cut-off."""
-
-    def __init__(self, maxlevels: int) -> None:
-        super().__init__()
-        self.maxlevel = maxlevels
-        self.maxtuple = self.maxlist = self.maxarray = self.maxdict = 10_000
-        self.maxset = self.maxfrozenset = self.maxdeque = 10_000
-        self.maxstring = self.maxlong = self.maxother = REPR_MAXLEN
-
-
-_REPRS: dict[int, _SafeRepr] = {}
-
-
-def saferepr(obj: Any, maxlevels: int = 3, maxlen: int = REPR_MAXLEN) -> str:
-    """A repr that never raises and never grows past ``maxlen`` characters."""
-    r = _REPRS.get(maxlevels) or _REPRS.setdefault(maxlevels, _SafeRepr(maxlevels))
-    try:
-        text = r.repr(obj)
-    except Exception as exc:  # a user __repr__ may raise; logs must not
-        text = f"<unrepresentable {type(obj).__name__}: {exc!r}>"
-    return text if len(text) <= maxlen else text[: maxlen - 3] + "..."
+__all__ = ["REPR_MAXLEN", "OutgoingMessage", "TaskRequest", "build", "parse", "saferepr"]
 
 
 def origin_name() -> str:

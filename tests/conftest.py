@@ -13,14 +13,18 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_HOST = os.environ.get("TASKQ_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TASKQ_TEST_REDIS_PORT", "6379"))
-# One DB for this suite, flushed before and after the run; the vectors were captured in DB 15.
-REDIS_DB = int(os.environ.get("TASKQ_TEST_REDIS_DB", "11"))
+# Each run takes a Redis DB of its own (1-14; the vectors were captured in 15), flushed before and
+# after, so two runs on one machine never flush each other's keys. TASKQ_TEST_REDIS_DB forces one.
+REDIS_DB_ENV = os.environ.get("TASKQ_TEST_REDIS_DB")
+RUN_ID = uuid.uuid4().hex
+LOCK_KEY = "taskq-test-run"
 AMQP_HOST = os.environ.get("TASKQ_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TASKQ_TEST_AMQP_PORT", "5672"))
 
@@ -42,25 +46,41 @@ def need_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"SKIPPED SERVICE TEST: {message}; start it to run this test")
 
 
+def flush(client: Any) -> None:
+    """Empty this run's DB, keeping the mark that reserves it."""
+    client.flushdb()
+    client.set(LOCK_KEY, RUN_ID, ex=3600)
+
+
+def _claim_db(redis: Any) -> Any:
+    candidates = [int(REDIS_DB_ENV)] if REDIS_DB_ENV else range(1, 15)
+    for db in candidates:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        if REDIS_DB_ENV or client.set(LOCK_KEY, RUN_ID, nx=True, ex=3600):
+            return client
+        client.close()
+    pytest.fail("every Redis DB 1-14 is reserved by another test run (key taskq-test-run)")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """``redis://`` URL of this run's own DB, flushed before and after."""
     need_service("Redis", REDIS_HOST, REDIS_PORT)
     import redis
 
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    client = _claim_db(redis)
+    flush(client)
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{client.connection_pool.connection_kwargs['db']}"
     client.flushdb()
     client.close()
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[object]:
+def redis_client(redis_url: str) -> Iterator[Any]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    flush(client)
     yield client
     client.close()
 
