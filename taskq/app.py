@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from taskq import _state, signals
 from taskq.config import Settings, import_object, load_config_source
 from taskq.exceptions import ImproperlyConfigured, NotRegistered
-from taskq.message import build
+from taskq.message import build, parse_time
 from taskq.result import AsyncResult
 from taskq.task import P, R, Task, make_task_class
 
@@ -354,20 +354,7 @@ class App:
         task: Task[Any, Any] | None = options.get("task") or self.tasks.get(name)
         task_id = task_id or str(uuid.uuid4())
         parent = _state.current_request()
-        now = self.now()
-        if countdown is not None:
-            eta = now + timedelta(seconds=countdown)
-        elif eta is not None and eta.tzinfo is None:
-            eta = eta.replace(tzinfo=self.timezone)
-        expires_at: datetime | str | None
-        expires_in: float | None = None
-        if isinstance(expires, (int, float)):
-            expires_at, expires_in = now + timedelta(seconds=expires), float(expires)
-        elif isinstance(expires, datetime):
-            expires_at = expires if expires.tzinfo else expires.replace(tzinfo=self.timezone)
-            expires_in = (expires_at - now).total_seconds()
-        else:
-            expires_at = expires
+        eta, expires_at, expires_in = _eta_and_expiry(self.now(), countdown, eta, expires)
         ignore_result = options.get("ignore_result")
         if ignore_result is None and task is not None:
             ignore_result = task.ignore_result or conf.task_ignore_result
@@ -442,6 +429,29 @@ class App:
         if parent is not None and options.get("add_to_parent", True):
             parent.children.append(result)
         return result
+
+
+def _eta_and_expiry(
+    now: datetime, countdown: float | None, eta: datetime | None, expires: float | datetime | str | None
+) -> tuple[datetime | None, datetime | None, float | None]:
+    """ETA and expiry as aware datetimes, plus seconds to expiry (the AMQP ``expiration``).
+
+    Naive datetimes are taken in the app's time zone (``now``'s), as Celery takes them.
+    """
+    if countdown is not None:
+        eta = now + timedelta(seconds=countdown)
+    elif eta is not None and eta.tzinfo is None:
+        eta = eta.replace(tzinfo=now.tzinfo)
+    if expires is None:
+        return eta, None, None
+    if isinstance(expires, (int, float)):
+        return eta, now + timedelta(seconds=expires), float(expires)
+    if isinstance(expires, str):
+        expires = parse_time(expires, "expires")
+        assert expires is not None
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=now.tzinfo)
+    return eta, expires, (expires - now).total_seconds()
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -14,7 +14,7 @@ from taskq.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from taskq.app import App
 
-__all__ = ["ResultBackend", "DisabledBackend", "backend_from_url", "BACKENDS"]
+__all__ = ["BACKENDS", "DisabledBackend", "ResultBackend", "backend_from_url"]
 
 # scheme -> "module:class"
 BACKENDS: dict[str, str] = {

@@ -17,7 +17,15 @@ def test_mypy_reports_exactly_the_marked_lines() -> None:
         if (match := re.search(r"# E: ([\w-]+)", line))
     }
     run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--hide-error-context", "--show-error-codes", str(SAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--hide-error-context",
+            "--show-error-codes",
+            str(SAMPLE),
+        ],
         capture_output=True,
         text=True,
         check=False,
