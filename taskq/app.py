@@ -141,6 +141,8 @@ class App:
         self.conf.add_defaults(values)
 
     def _reset_connections(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
         if self._broker is not None:
             self._broker.close()
         self._broker = None
@@ -219,9 +221,7 @@ class App:
         return AsyncResult(task_id, app=self, **kwargs)
 
     def close(self) -> None:
-        """Release broker and backend connections."""
-        if self._backend is not None:
-            self._backend.close()
+        """Release broker and backend connections (they reopen on next use)."""
         self._reset_connections()
 
     # -- tasks ------------------------------------------------------------------------------

@@ -241,8 +241,11 @@ CELERY_SETTINGS: dict[str, tuple[str, Any]] = {
     "worker_timer_precision": ("CELERYD_TIMER_PRECISION", 1.0),
 }
 
-# Settings taskq adds; they have no old-style alias.
+# Settings taskq adds, and Celery settings missing from its defaults table; no old-style alias.
 TASKQ_SETTINGS: dict[str, Any] = {
     # Where the embedded SQLite broker/backend keeps its file when no broker is configured.
     "taskq_sqlite_path": None,
+    # Celery reads these with conf.get() although celery.app.defaults does not list them.
+    "redis_backend_health_check_interval": None,
+    "result_backend_thread_safe": False,
 }

@@ -20,6 +20,8 @@ __all__ = ["BACKENDS", "DisabledBackend", "ResultBackend", "backend_from_url"]
 BACKENDS: dict[str, str] = {
     "redis": "taskq.backend.redis:RedisBackend",
     "rediss": "taskq.backend.redis:RedisBackend",
+    "redis+socket": "taskq.backend.redis:RedisBackend",
+    "socket": "taskq.backend.redis:RedisBackend",
     "rpc": "taskq.backend.rpc:RPCBackend",
     "sqlite": "taskq.backend.sqlite:SQLiteBackend",
     "memory": "taskq.backend.memory:MemoryBackend",

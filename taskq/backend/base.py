@@ -206,12 +206,22 @@ class ResultBackend:
         """Write a state; a stored SUCCESS is never overwritten (a late duplicate loses)."""
         meta = self.make_meta(task_id, result, state, traceback, request)
         key = self.key_for(task_id)
-        current = self._get(key)
-        if current is not None and self.decode(current).get("status") == states.SUCCESS:
+        if self._stored_state(key) == states.SUCCESS:
             return meta
         ttl = self.failure_expires if state == states.FAILURE and self.failure_expires else self.expires
         self._set(key, self.encode(meta), ttl)
         return meta
+
+    def _stored_state(self, key: str) -> str | None:
+        """The state stored under ``key``; None when absent or unreadable (then a write repairs it)."""
+        current = self._get(key)
+        if current is None:
+            return None
+        try:
+            meta = self.decode(current)
+        except Exception:
+            return None
+        return meta.get("status") if isinstance(meta, dict) else None
 
     def mark_as_started(self, task_id: str, request: Any = None, **fields: Any) -> dict[str, Any]:
         return self.store_result(task_id, fields, states.STARTED, request=request)
@@ -233,7 +243,12 @@ class ResultBackend:
         raw = self._get(self.key_for(task_id))
         if raw is None:
             return {"status": states.PENDING, "result": None, "task_id": task_id}
-        meta = self.decode(raw)
+        try:
+            meta = self.decode(raw)
+        except Exception as exc:
+            raise exceptions.BackendGetMetaError(
+                f"stored meta of task {task_id} cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(meta, dict) or "status" not in meta:
             raise exceptions.BackendGetMetaError(f"stored meta of task {task_id} is malformed: {meta!r}")
         return meta
