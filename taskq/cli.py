@@ -313,9 +313,13 @@ def reorder_args(argv: Sequence[str]) -> list[str]:
             rest += post[j:]
             break
         name = token.split("=", 1)[0]
+        short = _short_with_value(token)
         if name in GLOBAL_OPTIONS and name not in takes_value:
             width = 2 if GLOBAL_OPTIONS[name] and "=" not in token else 1
             global_part += post[j : j + width]
+        elif short != token and GLOBAL_OPTIONS.get(short) and short not in takes_value:
+            width = 1  # -Aproj: a global option with its value attached
+            global_part.append(token)
         else:
             width = 2 if takes_value.get(name) and "=" not in token else 1
             rest += post[j : j + width]

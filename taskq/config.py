@@ -8,13 +8,14 @@ that would otherwise silently do nothing.
 """
 
 from __future__ import annotations
+import __future__
 
 import difflib
 import importlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping, MutableMapping
-from types import FunctionType, ModuleType
+from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
 from taskq.defaults import CELERY_SETTINGS, TASKQ_SETTINGS
@@ -32,6 +33,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "broker_write_url": ("TASKQ_BROKER_WRITE_URL", "CELERY_BROKER_WRITE_URL"),
     "result_backend": ("TASKQ_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
 }
+
+
+# What a config module imports or defines for its own use (``import os``, ``from __future__ import
+# annotations``, ``from time import time``, helper functions and classes): not settings.
+_HELPER_TYPES = (ModuleType, type, FunctionType, BuiltinFunctionType, __future__._Feature)
 
 
 class UnknownSettingWarning(UserWarning):
@@ -156,7 +162,8 @@ def settings_in(source: Any, namespace: str | None = None) -> Iterator[tuple[str
     ``namespace`` (Django's ``CELERY``), only ``CELERY_*`` keys are read and the prefix is
     dropped: ``CELERY_BROKER_URL`` is ``broker_url``.
     """
-    if isinstance(source, Mapping):
+    is_mapping = isinstance(source, Mapping)
+    if is_mapping:
         items = list(source.items())
     else:
         items = [(k, getattr(source, k)) for k in dir(source) if not k.startswith("_")]
@@ -164,12 +171,18 @@ def settings_in(source: Any, namespace: str | None = None) -> Iterator[tuple[str
     for key, value in items:
         if not isinstance(key, str) or key.startswith("_"):
             continue
-        if isinstance(value, (ModuleType, type, FunctionType)):
-            continue
         if prefix:
             if not key.startswith(prefix):
                 continue
             key = key[len(prefix) :].lower()
+        # A mapping says exactly what it means; on a module or class, an imported or defined
+        # helper is skipped unless it is a function assigned to a setting (task_routes = router).
+        if (
+            not is_mapping
+            and isinstance(value, _HELPER_TYPES)
+            and not (isinstance(value, FunctionType) and canonical_name(key) is not None)
+        ):
+            continue
         yield key, value
 
 

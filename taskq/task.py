@@ -242,7 +242,7 @@ def make_task_class(
         "__doc__": fun.__doc__,
         "__module__": fun.__module__,
         "__qualname__": getattr(fun, "__qualname__", name),
-        "__wrapped__": fun,
+        "__wrapped__": staticmethod(fun),  # the plain function, not a bound method
         "_bound_self": bind,
         "_is_async": inspect.iscoroutinefunction(fun),
         **options,

@@ -63,7 +63,12 @@ class Request:
             eta=r.eta.isoformat() if r.eta else None,
             expires=r.expires.isoformat() if r.expires else None,
             hostname=self.hostname,
-            delivery_info=r.delivery_info,
+            # Celery's shape: the broker's fields plus the priority and redelivered flag
+            delivery_info={
+                **r.delivery_info,
+                "priority": r.properties.get("priority"),
+                "redelivered": bool(r.delivery_info.get("redelivered")),
+            },
             root_id=r.root_id,
             parent_id=r.parent_id,
             group=r.group,
