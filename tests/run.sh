@@ -38,8 +38,8 @@ port_open 6379 && echo "Redis: up" || true
 port_open 5672 && echo "RabbitMQ: up" || true
 
 log "lint and types"
-.venv/bin/ruff check taskq tests examples benchmarks
-.venv/bin/ruff format --check taskq tests examples benchmarks
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy taskq
 
 log "tests"
