@@ -47,7 +47,7 @@ SEND_OPTIONS = frozenset(
         "retry", "retry_policy", "add_to_parent", "task", "producer", "connection",
         "publisher", "router", "result_cls", "route_name", "task_type", "exchange_type",
         "replaced_task_nesting", "stamped_headers", "stamps", "mandatory", "argsrepr",
-        "kwargsrepr",
+        "kwargsrepr", "origin",
     }
 )  # fmt: skip
 _warned_options: set[str] = set()
@@ -376,6 +376,7 @@ class App:
             shadow=options.get("shadow"),
             ignore_result=ignore_result,
             reply_to=options.get("reply_to") or self.thread_oid,
+            origin=options.get("origin"),
             callbacks=_as_list(options.get("link")),
             errbacks=_as_list(options.get("link_error")),
             chain=options.get("chain"),

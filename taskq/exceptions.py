@@ -120,6 +120,11 @@ class Reject(TaskPredicate):
 class MaxRetriesExceededError(TaskqError):
     """``Task.retry`` was called after ``max_retries`` was reached."""
 
+    def __init__(self, *args: Any, task_args: Any = None, task_kwargs: Any = None) -> None:
+        self.task_args = task_args
+        self.task_kwargs = task_kwargs
+        super().__init__(*args)
+
 
 class TaskRevokedError(TaskqError):
     """The task was revoked (``revoked``, ``expired`` or ``terminated``)."""
@@ -175,3 +180,23 @@ CELERY_MODULE_OF.update(
         "WorkerLostError": "billiard.exceptions",
     }
 )
+
+
+class ExceptionInfo:
+    """``einfo`` passed to ``on_failure``/``on_retry`` and the failure signals (billiard's shape)."""
+
+    def __init__(self, exception: BaseException, traceback: str | None = None) -> None:
+        self.exception = exception
+        self.type = type(exception)
+        self.tb = exception.__traceback__
+        self.traceback = traceback or ""
+
+    @property
+    def exc_info(self) -> tuple[type[BaseException], BaseException, Any]:
+        return self.type, self.exception, self.tb
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"

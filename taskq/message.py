@@ -21,7 +21,16 @@ from taskq.exceptions import InvalidTaskError
 from taskq.saferepr import REPR_MAXLEN, saferepr
 
 EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
-__all__ = ["REPR_MAXLEN", "OutgoingMessage", "TaskRequest", "build", "parse", "saferepr"]
+# Headers Celery itself writes; anything else in a message came from apply_async(headers=...).
+PROTOCOL_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+        "replaced_task_nesting", "stamped_headers", "stamps", "compression", "redelivered",
+        "celery_beat_task",
+    }
+)  # fmt: skip
+__all__ = ["PROTOCOL_HEADERS", "REPR_MAXLEN", "OutgoingMessage", "TaskRequest", "build", "parse", "saferepr"]
 
 
 def origin_name() -> str:

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
-from taskq import _state
+from taskq import _state, exceptions
+from taskq.canvas import Signature
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -97,6 +98,14 @@ class Task(Generic[P, R]):
     exchange: str | None = None
     delivery_mode: int | None = None
     shadow: str | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    throws: tuple[type[BaseException], ...] = ()
+    MaxRetriesExceededError = exceptions.MaxRetriesExceededError
     #: options a decorator or subclass may set; anything else given to ``@app.task`` is an error
     OPTIONS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -170,32 +179,36 @@ class Task(Generic[P, R]):
 
         task_id = task_id or str(uuid.uuid4())
         parent = _state.current_request()
-        context = Context(
-            id=task_id,
-            task=self.name,
-            args=tuple(args or ()),
-            kwargs=dict(kwargs or {}),
-            is_eager=True,
-            called_directly=False,
-            root_id=(parent.root_id if parent else None) or task_id,
-            parent_id=parent.id if parent else None,
-            retries=options.get("retries", 0),
-            headers=options.get("headers"),
-            delivery_info={"is_eager": True},
-            ignore_result=options.get("ignore_result", self.ignore_result),
-        )
+        retries = int(options.get("retries") or 0)
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
         store = bool(self.app.conf.task_store_eager_result)
-        outcome = execute(self, context, store_result=store)
+        while True:
+            context = Context(
+                id=task_id,
+                task=self.name,
+                args=args,
+                kwargs=kwargs,
+                is_eager=True,
+                called_directly=False,
+                root_id=(parent.root_id if parent else None) or task_id,
+                parent_id=parent.id if parent else None,
+                retries=retries,
+                headers=options.get("headers"),
+                delivery_info={"is_eager": True},
+                ignore_result=options.get("ignore_result", self.ignore_result),
+                callbacks=_as_signature_list(options.get("link")),
+                errbacks=_as_signature_list(options.get("link_error")),
+            )
+            outcome = execute(self, context, store_result=store)
+            retry = outcome.exc if isinstance(outcome.exc, exceptions.Retry) else None
+            if retry is None or retry.sig is None:
+                break
+            # An eager retry runs again at once, here, with the arguments it was given.
+            args, kwargs, retries = retry.sig.args, retry.sig.kwargs, retries + 1
         if outcome.exc is not None and self.app.conf.task_eager_propagates:
             raise outcome.exc
-        return EagerResult(
-            task_id,
-            outcome.retval if outcome.exc is None else outcome.exc,
-            outcome.state,
-            outcome.traceback,
-            app=self.app,
-            name=self.name,
-        )
+        value = outcome.retval if outcome.exc is None else outcome.exc
+        return EagerResult(task_id, value, outcome.state, outcome.traceback, app=self.app, name=self.name)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Fail at send time, as Celery does, when the arguments cannot bind to the function."""
@@ -222,6 +235,77 @@ class Task(Generic[P, R]):
         self.backend.store_result(
             task_id, meta, state or "PENDING", request=request if request.id == task_id else None
         )
+
+    # -- retrying ---------------------------------------------------------------------------
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> exceptions.Retry:
+        """Re-send this task to run again later; raises ``Retry`` (use ``raise self.retry(...)``).
+
+        Past ``max_retries`` (default 3; None retries forever) the task fails with ``exc``
+        when given, else ``MaxRetriesExceededError``.
+        """
+        from taskq.retry import retry
+
+        return retry(self, args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    # -- signatures -------------------------------------------------------------------------
+    def signature(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        return Signature(self, args, kwargs, options.pop("options", None), app=self.app, **options)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these (partial) arguments."""
+        return Signature(self, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a parent's result is not prepended to its arguments."""
+        return Signature(self, args, kwargs, app=self.app, immutable=True)
+
+    # -- handlers (override in a base class) ------------------------------------------------
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Called in the worker just before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Called after the task returned (and its result was stored)."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any], einfo: Any
+    ) -> None:
+        """Called after the task raised (and the failure was stored)."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any], einfo: Any
+    ) -> None:
+        """Called when the task asked to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called after every run, whatever its outcome."""
+
+
+def _as_signature_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def make_task_class(

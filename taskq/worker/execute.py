@@ -1,7 +1,9 @@
-"""Running one task: what its outcome is and what gets stored, decided here only.
+"""Running one task: what its outcome is, what gets stored, what runs next. Decided here only.
 
 Every pool (and ``Task.apply`` for eager runs) calls ``execute``, so a task behaves the same
-whether it runs in the worker's thread, a pool thread or eagerly in a test.
+whether it runs in the worker's thread, a pool thread or eagerly in a test: the same states,
+handlers (``before_start``/``on_success``/``on_failure``/``on_retry``/``after_return``),
+signals, and follow-ups (``link`` callbacks, ``link_error`` errbacks, the next chain step).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskq import _state, signals, states
-from taskq.exceptions import Ignore, Reject, Retry
-from taskq.message import saferepr
+from taskq.canvas import Signature
+from taskq.exceptions import ExceptionInfo, Ignore, Reject, Retry
+from taskq.saferepr import saferepr
 from taskq.task import Context, Task
 
 logger = logging.getLogger("taskq.worker")
@@ -60,26 +63,21 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
             sender=task, task_id=context.id, task=task, args=context.args, kwargs=context.kwargs
         )
         try:
+            task.before_start(context.id or "", context.args, context.kwargs)
             retval = _call(task, context)
         except Ignore:
             outcome = Outcome(states.IGNORED)
         except Reject as exc:
-            outcome = Outcome(states.REJECTED, exc=exc, requeue=exc.requeue)
+            outcome = _on_reject(task, context, exc, backend)
         except Retry as exc:
-            outcome = Outcome(states.RETRY, exc=exc, traceback=tb.format_exc())
-            if backend is not None:
-                _store(
-                    backend.store_result, context, exc.exc or exc, states.RETRY, outcome.traceback, context
-                )
+            outcome = _on_retry(task, context, exc, backend)
         except Exception as exc:
-            outcome = Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc())
-            _on_failure(task, context, outcome, backend, ignore_result)
+            outcome = _on_failure(task, context, exc, backend, ignore_result)
         else:
-            outcome = Outcome(states.SUCCESS, retval=retval)
-            if backend is not None and not ignore_result:
-                _store(backend.mark_as_done, context, retval, request=context)
-            signals.task_success.send(sender=task, result=retval)
+            outcome = _on_success(task, context, retval, backend, ignore_result)
         outcome.runtime = time.monotonic() - started
+        _handler(task.after_return, outcome.state, outcome.exc or outcome.retval, context.id, context.args,
+                 context.kwargs, _einfo(outcome))  # fmt: skip
         signals.task_postrun.send(
             sender=task, task_id=context.id, task=task, args=context.args,
             kwargs=context.kwargs, retval=outcome.retval if outcome.exc is None else outcome.exc,
@@ -90,11 +88,22 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
         _state._current_request.reset(token)
 
 
+def _on_success(
+    task: Task[Any, Any], context: Context, retval: Any, backend: Any, ignore_result: bool
+) -> Outcome:
+    if backend is not None and not ignore_result:
+        _store(backend.mark_as_done, context, retval, request=context)
+    _handler(task.on_success, retval, context.id, context.args, context.kwargs)
+    signals.task_success.send(sender=task, result=retval)
+    _send_callbacks(task, context, retval)
+    return Outcome(states.SUCCESS, retval=retval)
+
+
 def _on_failure(
-    task: Task[Any, Any], context: Context, outcome: Outcome, backend: Any, ignore_result: bool
-) -> None:
-    exc = outcome.exc
-    assert exc is not None
+    task: Task[Any, Any], context: Context, exc: BaseException, backend: Any, ignore_result: bool
+) -> Outcome:
+    outcome = Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc())
+    einfo = ExceptionInfo(exc, outcome.traceback)
     store = (
         not ignore_result
         or task.store_errors_even_if_ignored
@@ -102,10 +111,89 @@ def _on_failure(
     )
     if backend is not None and store:
         _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
+    _handler(task.on_failure, exc, context.id, context.args, context.kwargs, einfo)
     signals.task_failure.send(
         sender=task, task_id=context.id, exception=exc, args=context.args,
-        kwargs=context.kwargs, traceback=exc.__traceback__, einfo=outcome.traceback,
+        kwargs=context.kwargs, traceback=exc.__traceback__, einfo=einfo,
     )  # fmt: skip
+    _send_errbacks(task, context, exc, outcome.traceback)
+    return outcome
+
+
+def _on_retry(task: Task[Any, Any], context: Context, exc: Retry, backend: Any) -> Outcome:
+    outcome = Outcome(states.RETRY, exc=exc, traceback=tb.format_exc())
+    einfo = ExceptionInfo(exc, outcome.traceback)
+    reason = exc.exc if exc.exc is not None else exc
+    if backend is not None:
+        _store(backend.store_result, context, reason, states.RETRY, outcome.traceback, context)
+    _handler(task.on_retry, reason, context.id, context.args, context.kwargs, einfo)
+    signals.task_retry.send(sender=task, request=context, reason=exc, einfo=einfo)
+    return outcome
+
+
+def _on_reject(task: Task[Any, Any], context: Context, exc: Reject, backend: Any) -> Outcome:
+    """Reject: requeued, nothing stored; dropped, a FAILURE so the task is not PENDING forever."""
+    outcome = Outcome(states.REJECTED, exc=exc, requeue=exc.requeue, traceback=tb.format_exc())
+    if not exc.requeue:
+        if backend is not None:
+            _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
+        signals.task_failure.send(
+            sender=task, task_id=context.id, exception=exc, args=context.args,
+            kwargs=context.kwargs, traceback=exc.__traceback__, einfo=ExceptionInfo(exc, outcome.traceback),
+        )  # fmt: skip
+    return outcome
+
+
+def _send_callbacks(task: Task[Any, Any], context: Context, retval: Any) -> None:
+    """``link`` callbacks get the return value first in their args; then the next chain step."""
+    app = task.app
+    for callback in context.callbacks or ():
+        _follow_up(lambda cb=callback: Signature.from_dict(cb, app).apply_async((retval,)))
+    if context.chain:
+        rest = list(context.chain)
+        step = Signature.from_dict(rest.pop(), app)
+        _follow_up(lambda: step.apply_async((retval,), chain=rest))
+
+
+def _send_errbacks(task: Task[Any, Any], context: Context, exc: BaseException, traceback: str | None) -> None:
+    """Errbacks taking (request, exc, traceback) run here, inline; old ones get the task id."""
+    app = task.app
+    for errback in context.errbacks or ():
+        sig = Signature.from_dict(errback, app)
+        handler = app.tasks.get(sig.task)
+        if handler is not None and _positional_count(handler.run) > 1:
+            _follow_up(lambda s=sig: s(context, exc, traceback))
+        else:
+            _follow_up(lambda s=sig: s.apply_async((context.id,)))
+
+
+def _positional_count(fn: Any) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def _follow_up(action: Any) -> None:
+    """A callback that cannot be sent is logged; it never changes the task's own outcome."""
+    try:
+        action()
+    except Exception:
+        logger.exception("could not run or send a follow-up (link/link_error/chain)")
+
+
+def _handler(method: Any, *args: Any) -> None:
+    try:
+        method(*args)
+    except Exception:
+        logger.exception("task handler %s raised", getattr(method, "__name__", method))
+
+
+def _einfo(outcome: Outcome) -> ExceptionInfo | None:
+    return ExceptionInfo(outcome.exc, outcome.traceback) if outcome.exc is not None else None
 
 
 def _store(method: Any, context: Context, *args: Any, **kwargs: Any) -> None:
