@@ -45,6 +45,7 @@ class AsyncResult(Generic[R]):
         self.task_name = task_name
         self.parent = parent
         self._cache: dict[str, Any] | None = None
+        self._callbacks: list[tuple[Callable[[Any], Any], Callable[[BaseException], Any] | None]] = []
 
     @property
     def task_id(self) -> str:
@@ -146,6 +147,30 @@ class AsyncResult(Generic[R]):
         return self.result
 
     wait = get
+
+    def then(
+        self,
+        callback: Callable[[AsyncResult[R]], Any],
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> AsyncResult[R]:
+        """Call ``callback(result)`` once the result is ready: now if it is, else on ``get()``.
+
+        Like Celery's, callbacks run in the thread that waits; nothing runs in the background.
+        """
+        self._callbacks.append((callback, on_error))
+        if self._cache is not None or self.ready():
+            self._fire()
+        return self
+
+    def _fire(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback, on_error in callbacks:
+            try:
+                callback(self)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
 
     def forget(self) -> None:
         """Delete the stored result."""

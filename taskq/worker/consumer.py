@@ -129,18 +129,21 @@ class Consumer:
                 sorted(self.accept),
             )
             message.reject(requeue=False)
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
             return
         except (DecodeError, Exception) as exc:
             logger.critical(
                 "Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type
             )
             message.ack()
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
             return
         try:
             req = parse(message.headers, body, message.properties, message.delivery_info)
         except InvalidTaskError as exc:
             logger.error("Invalid task message dropped: %s; headers=%r", exc, dict(message.headers or {}))
             message.ack()
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
             return
         try:
             task = self.app.tasks[req.name]
@@ -229,12 +232,21 @@ class Consumer:
     def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
         self.active.discard(request)
         self.processed += 1
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException):  # execute() itself failed: a taskq bug
+            signals.task_internal_error.send(
+                sender=request.task, task_id=request.id, args=request.req.args, kwargs=request.req.kwargs,
+                request=request, exception=outcome, traceback=outcome.__traceback__, einfo=None,
+            )  # fmt: skip
             outcome = Outcome(states.FAILURE, exc=outcome)
         level, line = describe(outcome, request.name, request.id)
         logger.log(level, line)
         try:
             if outcome.state == states.REJECTED:
+                if outcome.requeue and request.acked:
+                    logger.warning(
+                        "Reject(requeue=True) by %s had no effect: its message was acked when it "
+                        "started (set acks_late=True to requeue)", request,
+                    )  # fmt: skip
                 request.reject(requeue=outcome.requeue)
             else:
                 request.ack()
