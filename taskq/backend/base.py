@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.url import maybe_sanitize_url
 
 from taskq import exceptions, states
 from taskq.exceptions import SecurityError, TimeoutError
@@ -104,6 +105,11 @@ class ResultBackend:
         self.failure_expires: float | None = _seconds(conf.result_failure_expires)
         self.extended: bool = bool(conf.result_extended)
         self.compression: str | None = conf.result_compression
+
+    @property
+    def masked_url(self) -> str:
+        """The backend URL with its password hidden, for messages."""
+        return str(maybe_sanitize_url(self.url or "", mask="**"))
 
     # -- storage primitives (subclasses) ----------------------------------------------------
     def _get(self, key: str) -> bytes | str | None:
@@ -243,14 +249,17 @@ class ResultBackend:
         raw = self._get(self.key_for(task_id))
         if raw is None:
             return {"status": states.PENDING, "result": None, "task_id": task_id}
+        return self.decode_meta(task_id, raw)
+
+    def decode_meta(self, task_id: str, raw: bytes | str) -> dict[str, Any]:
+        """Decode one stored or received meta; anything malformed is ``BackendGetMetaError``."""
+        where = f"result of task {task_id} in {self.masked_url}"
         try:
             meta = self.decode(raw)
         except Exception as exc:
-            raise exceptions.BackendGetMetaError(
-                f"stored meta of task {task_id} cannot be decoded: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise exceptions.BackendGetMetaError(f"{where} cannot be decoded: {type(exc).__name__}: {exc}") from exc
         if not isinstance(meta, dict) or "status" not in meta:
-            raise exceptions.BackendGetMetaError(f"stored meta of task {task_id} is malformed: {meta!r}")
+            raise exceptions.BackendGetMetaError(f"{where} is malformed: {meta!r:.200}")
         return meta
 
     def wait_for(

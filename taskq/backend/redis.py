@@ -274,7 +274,6 @@ class RedisBackend(ResultBackend):
         super().__init__(app, url)
         conf = app.conf
         self.url = url or "redis://"
-        self.masked_url = str(maybe_sanitize_url(self.url, mask="**"))
         self.connparams = connparams_from_url(self.url, conf)
         prefix = str((conf.get("result_backend_transport_options") or {}).get("global_keyprefix") or "")
         prefix += "_" if prefix and prefix[-1] not in ":_-." else ""  # as Celery does
@@ -333,23 +332,6 @@ class RedisBackend(ResultBackend):
 
     def _delete(self, key: str) -> None:
         self._call("delete", self.client.delete, key, store=True)
-
-    def decode_meta(self, task_id: str, raw: bytes | str) -> dict[str, Any]:
-        """Decode one stored or published meta; anything malformed is ``BackendGetMetaError``."""
-        where = f"result of task {task_id} in {self.masked_url}"
-        try:
-            meta = self.decode(raw)
-        except Exception as exc:
-            raise BackendGetMetaError(f"{where} cannot be decoded: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(meta, dict) or "status" not in meta:
-            raise BackendGetMetaError(f"{where} is malformed: {meta!r:.200}")
-        return meta
-
-    def get_task_meta(self, task_id: str) -> dict[str, Any]:
-        raw = self._get(self.key_for(task_id))
-        if raw is None:
-            return {"status": states.PENDING, "result": None, "task_id": task_id}
-        return self.decode_meta(task_id, raw)
 
     def on_task_call(self, task_id: str) -> None:
         self._subscriber.subscribe(self.key_for(task_id))
