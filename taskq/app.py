@@ -466,19 +466,22 @@ Celery = App
 
 
 def shared_task(*args: Any, **options: Any) -> Any:
-    """A task for reusable apps: registered on every app, the current one at decoration time.
+    """A task for reusable apps: registered on every app, existing and created later.
 
-    Returns the task of the current app; other apps that exist or are created later get their
-    own task object under the same name.
+    The returned task belongs to no app in particular: calling ``.delay()`` on it sends
+    through whichever app is current at that moment, as Celery's shared tasks do.
     """
 
     def decorate(fun: Callable[..., Any]) -> Task[Any, Any]:
         _shared_tasks.append((fun, dict(options)))
-        current = _state.current_app()
         for app in list(_live_apps):
-            if app is not current:
-                app._task_from_fun(fun, **options)
-        return current._task_from_fun(fun, **options)
+            app._task_from_fun(fun, **options)
+        current = _state.current_app()  # creates the default app when none exists yet
+        registered = current.tasks[options.get("name") or current.gen_task_name(fun.__name__, fun.__module__)]
+        return make_task_class(
+            fun, None, options.get("base") or current.Task, registered.name, bool(options.get("bind")),
+            {k: v for k, v in options.items() if k not in ("name", "base", "bind")} | {"typing": registered.typing},
+        )  # fmt: skip
 
     if len(args) == 1 and callable(args[0]) and not options:
         return decorate(args[0])

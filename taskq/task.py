@@ -76,7 +76,7 @@ class Task(Generic[P, R]):
     """A registered task. Class attributes are the defaults a decorator option overrides."""
 
     name: str = ""
-    app: App
+    _app: App | None = None
     run: Callable[..., Any]
     typing: bool = True
     max_retries: int | None = 3
@@ -123,6 +123,15 @@ class Task(Generic[P, R]):
     _shared: bool = False
 
     # -- identity ---------------------------------------------------------------------------
+    @property
+    def app(self) -> App:
+        """The app this task belongs to; a ``shared_task`` belongs to whichever app is current."""
+        return self._app if self._app is not None else _state.current_app()
+
+    @app.setter
+    def app(self, value: App | None) -> None:
+        self._app = value
+
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {getattr(self.app, 'main', None)}>"
 
@@ -310,7 +319,7 @@ def _as_signature_list(value: Any) -> list[Any] | None:
 
 def make_task_class(
     fun: Callable[..., Any],
-    app: App,
+    app: App | None,
     base: type[Task[Any, Any]],
     name: str,
     bind: bool,
@@ -333,6 +342,6 @@ def make_task_class(
     }
     cls = type(fun.__name__, (base,), attrs)
     task = cls()
-    task.app = app
+    task._app = app
     task.run = run.__get__(task) if bind else run
     return task

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from taskq.app import App
 
 logger = logging.getLogger("taskq.worker")
-IDLE_WAIT = 1.0  # longest a blocked drain lasts, so stop requests are seen promptly
 ACTIVE_TICK = 0.005  # longest a finished task waits for its ack and for its slot to be refilled
 
 
@@ -67,6 +66,8 @@ class Consumer:
         self._qos_extra = 0
         self.stopping = False
         self.processed = 0
+        #: longest a drain blocks while nothing runs: how soon an idle worker notices stop()
+        self.idle_wait = 1.0
         self.recoverable_errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
 
     # -- connection -------------------------------------------------------------------------
@@ -267,7 +268,7 @@ class Consumer:
         self._drain_completions()
         next_eta = self._promote_due_etas()
         self._dispatch()
-        wait = IDLE_WAIT if next_eta is None else min(max(next_eta, 0.0), IDLE_WAIT)
+        wait = self.idle_wait if next_eta is None else min(max(next_eta, 0.0), self.idle_wait)
         if self.active:
             # Running tasks report back through a queue this thread cannot block on while it
             # blocks on the broker, so it blocks on the broker only briefly.
