@@ -7,6 +7,7 @@ A signature is a plain dict with Celery's six keys (``task``, ``args``, ``kwargs
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from taskq import _state
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.result import AsyncResult, EagerResult
+    from taskq.result import AsyncResult as _AsyncResult
     from taskq.task import Task
 
 
@@ -88,6 +89,48 @@ class Signature(dict[str, Any]):
         """The registered task (looked up by name in the app when not given)."""
         return self._type or self.app.tasks[self.task]
 
+    @property
+    def id(self) -> str | None:
+        """The task id this signature will run under, once frozen."""
+        task_id: str | None = self.options.get("task_id")
+        return task_id
+
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Any = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Any:
+        """Fix the task id now (and group/chord membership), so a result exists before sending."""
+        opts = self.options
+        opts["task_id"] = _id or opts.get("task_id") or str(uuid.uuid4())
+        opts.setdefault("reply_to", self.app.thread_oid)
+        for key, value in (("group_id", group_id), ("chord", chord), ("root_id", root_id),
+                           ("parent_id", parent_id), ("group_index", group_index)):  # fmt: skip
+            if value is not None:
+                opts[key] = value
+        return self.AsyncResult(opts["task_id"])
+
+    def AsyncResult(self, task_id: str) -> _AsyncResult[Any]:  # noqa: N802 - Celery's name
+        from taskq.result import AsyncResult
+
+        return AsyncResult(task_id, app=self.app, task_name=self.task)
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]
+        """``a | b``: a chain; ``group | b``: a chord (Celery's rules)."""
+        if not isinstance(other, Signature):
+            return NotImplemented
+        from taskq.workflows import chain, chord, group
+
+        if isinstance(self, group):
+            return chord(self, other, app=self._app)
+        left = self.tasks if isinstance(self, chain) else [self]
+        right = other.tasks if isinstance(other, chain) else [other]
+        return chain(*left, *right, app=self._app)
+
     def __repr__(self) -> str:
         args = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
         return f"{self.task}({args}){'!' if self.immutable else ''}"
@@ -136,19 +179,19 @@ class Signature(dict[str, Any]):
     # -- calling ----------------------------------------------------------------------------
     def apply_async(
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> AsyncResult[Any]:
+    ) -> Any:
         args, kwargs, options = self._merge(args, kwargs, options)
         task = self._type or self.app.tasks.get(self.task)
         if task is not None:
             return task.apply_async(args, kwargs, **options)
         return self.app.send_task(self.task, args, kwargs, **options)
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
     def apply(
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> EagerResult[Any]:
+    ) -> Any:
         """Run here, as ``Task.apply`` does."""
         args, kwargs, options = self._merge(args, kwargs, options)
         return self.type.apply(args, kwargs, **options)
@@ -160,7 +203,21 @@ class Signature(dict[str, Any]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], app: App | None = None) -> Signature:
-        return cls(data, app=app)
+        """A signature from its dict form, of the kind ``subtask_type`` names (chain, group...)."""
+        return from_dict(data, app)
+
+
+# subtask_type -> class; filled in by taskq.workflows (chain, group, chord)
+SUBTASK_TYPES: dict[str, type[Signature]] = {}
+
+
+def from_dict(data: Mapping[str, Any], app: App | None = None) -> Signature:
+    if isinstance(data, Signature) and type(data) is not Signature:
+        data = dict(data)
+    if not SUBTASK_TYPES:
+        import taskq.workflows  # noqa: F401 - registers the composite kinds
+    cls = SUBTASK_TYPES.get(data.get("subtask_type") or "", Signature)
+    return cls(data, app=app)
 
 
 def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
@@ -168,7 +225,7 @@ def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
     if isinstance(varies, Signature):
         return varies.clone()
     if isinstance(varies, Mapping):
-        return Signature.from_dict(varies, app=kwargs.get("app"))
+        return from_dict(varies, app=kwargs.get("app"))
     return Signature(varies, *args, **kwargs)
 
 
@@ -177,4 +234,4 @@ def maybe_signature(value: Any, app: App | None = None) -> Signature | None:
         return None
     if isinstance(value, Signature):
         return value
-    return Signature.from_dict(value, app=app)
+    return from_dict(value, app=app)

@@ -6,7 +6,8 @@ rebuilt anywhere from an id (``app.AsyncResult(id)``) and read by any process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -225,3 +226,149 @@ class EagerResult(AsyncResult[R]):
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
+
+
+class ResultSet:
+    """Several results waited on together; ``GroupResult`` adds an id and persistence."""
+
+    def __init__(self, results: Sequence[AsyncResult[Any]] | None = None, app: App | None = None) -> None:
+        self.results: list[AsyncResult[Any]] = list(results or [])
+        self.app = app or (self.results[0].app if self.results else _state.current_app())
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def add(self, result: AsyncResult[Any]) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def discard(self, result: AsyncResult[Any] | str) -> None:
+        self.results = [r for r in self.results if r != result]
+
+    remove = discard
+
+    def update(self, results: list[AsyncResult[Any]]) -> None:
+        for result in results:
+            self.add(result)
+
+    def clear(self) -> None:
+        self.results.clear()
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many members finished successfully."""
+        return sum(1 for r in self.results if r.successful())
+
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Callable[[str, Any], Any] | None = None,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Every member's value, in order; ``timeout`` bounds the whole wait, not each member."""
+        if disable_sync_subtasks:
+            _refuse_inside_task()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            value = result.get(
+                timeout=remaining, propagate=propagate, interval=interval, disable_sync_subtasks=False
+            )
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
+        return values
+
+    get = join
+    join_native = join
+
+    def forget(self) -> None:
+        for result in self.results:
+            result.forget()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
+
+
+class GroupResult(ResultSet):
+    """The results of a group, under the group's id (``save()`` makes it restorable)."""
+
+    def __init__(
+        self,
+        id: str | None = None,  # noqa: A002
+        results: Sequence[AsyncResult[Any]] | None = None,
+        parent: AsyncResult[Any] | None = None,
+        app: App | None = None,
+    ) -> None:
+        super().__init__(results, app)
+        self.id = id or ""
+        self.parent = parent
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return self.results
+
+    def as_tuple(self) -> list[Any]:
+        """Celery's result tuple: ``[[id, parent_or_null], [member tuples...]]``."""
+        return [
+            [self.id, self.parent.as_tuple() if self.parent else None],
+            [r.as_tuple() for r in self.results],
+        ]
+
+    def save(self, backend: ResultBackend | None = None) -> GroupResult:
+        """Store the membership so ``GroupResult.restore(id)`` works in any process."""
+        (backend or self.app.backend).save_group(self.id, self)
+        return self
+
+    def delete(self, backend: ResultBackend | None = None) -> None:
+        (backend or self.app.backend).delete_group(self.id)
+
+    @classmethod
+    def restore(
+        cls,
+        id: str,  # noqa: A002
+        backend: ResultBackend | None = None,
+        app: App | None = None,
+    ) -> GroupResult | None:
+        app = app or _state.current_app()
+        return (backend or app.backend).restore_group(id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return self.id == other.id and self.results == other.results
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def result_from_tuple(value: Any, app: App | None = None) -> AsyncResult[Any] | GroupResult:
+    """Rebuild a result from Celery's tuple form (as stored in ``children`` and group metas)."""
+    (id_, parent), nodes = value
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if nodes is not None:
+        members = [result_from_tuple(node, app) for node in nodes]
+        return GroupResult(id_, members, parent=parent_result, app=app)  # type: ignore[arg-type]
+    return AsyncResult(id_, app=app, parent=parent_result)  # type: ignore[arg-type]

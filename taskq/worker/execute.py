@@ -93,6 +93,8 @@ def _on_success(
 ) -> Outcome:
     if backend is not None and not ignore_result:
         _store(backend.mark_as_done, context, retval, request=context)
+    if context.chord and backend is not None:
+        _follow_up(lambda: backend.on_chord_part_return(context, states.SUCCESS, retval))
     _handler(task.on_success, retval, context.id, context.args, context.kwargs)
     signals.task_success.send(sender=task, result=retval)
     _send_callbacks(task, context, retval)
@@ -111,6 +113,8 @@ def _on_failure(
     )
     if backend is not None and store:
         _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
+    if context.chord and backend is not None:
+        _follow_up(lambda: backend.on_chord_part_return(context, states.FAILURE, exc))
     _handler(task.on_failure, exc, context.id, context.args, context.kwargs, einfo)
     signals.task_failure.send(
         sender=task, task_id=context.id, exception=exc, args=context.args,

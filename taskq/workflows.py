@@ -1,0 +1,261 @@
+"""Composite signatures: chain, group, chord — encoded as Celery encodes them.
+
+Each is a ``Signature`` of a built-in task (``celery.chain``/``celery.group``/``celery.chord``)
+whose ``kwargs`` hold the parts, so a workflow survives a trip through a message and a Celery
+worker can continue one that taskq started (and the reverse):
+
+- chain: only the first step is sent; the rest ride along reversed in ``embed.chain`` and each
+  worker sends the next step with the previous result prepended to its arguments;
+- group: one message per member, each with the group id and its index;
+- chord: the header is a group whose members carry the body in ``embed.chord``; the result
+  backend counts finished members and the last one sends the body with all results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskq.canvas import SUBTASK_TYPES, Signature, from_dict
+from taskq.exceptions import ChordError
+
+if TYPE_CHECKING:
+    from taskq.app import App
+
+Sig = Signature | Mapping[str, Any]
+
+
+def _is_dict_form(args: tuple[Any, ...], name: str) -> bool:
+    return len(args) == 1 and isinstance(args[0], Mapping) and args[0].get("task") == name
+
+
+def _sigs(items: Iterable[Sig], app: App | None) -> list[Signature]:
+    return [item if isinstance(item, Signature) else from_dict(item, app) for item in items]
+
+
+class _Composite(Signature):
+    """Shared by chain, group and chord: ``kwargs`` holds the parts, not task arguments.
+
+    Partial positional arguments collect in ``args`` and go to the first step (chain) or to
+    every member (group, chord header); keyword arguments given when sending go the same way.
+    """
+
+    def _merge(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        merged_args = self.args if self.immutable else tuple(args or ()) + self.args
+        return merged_args, dict(kwargs or {}), {**self.options, **options}
+
+    def clone(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        if kwargs:
+            raise TypeError(
+                f"{self.task}: partial keyword arguments are not supported on a {self['subtask_type']}"
+            )
+        merged_args, _, merged_options = self._merge(args, None, options)
+        return from_dict({**self, "args": list(merged_args), "options": merged_options}, self._app)
+
+
+class chain(_Composite):  # noqa: N801 - Celery's name
+    """Run tasks one after another, each getting the previous one's result first."""
+
+    def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
+        if _is_dict_form(tasks, "celery.chain"):
+            super().__init__(tasks[0], app=app)
+            return
+        if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
+            tasks = tuple(tasks[0])  # chain([a, b]) as well as chain(a, b)
+        steps = [dict(s) for s in _flatten(_sigs(tasks, app))]
+        super().__init__("celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
+        self._app = app or next(
+            (s._app or (s._type.app if s._type else None) for s in _sigs(tasks, app)), None
+        )
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return _sigs(self.kwargs.get("tasks", ()), self._app)
+
+    def _prepared(self) -> list[Signature]:
+        """Steps with ``group | task`` upgraded to a chord, as Celery does inside a chain."""
+        steps, out = self.tasks, []
+        while steps:
+            step = steps.pop(0)
+            if isinstance(step, group) and steps:
+                step = chord(step, steps.pop(0), app=self._app)
+            out.append(step)
+        return out
+
+    def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                    **options: Any) -> Any:  # fmt: skip
+        args, kwargs, options = self._merge(args, kwargs, options)
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        steps = self._prepared()
+        if not steps:
+            raise ValueError("cannot send an empty chain")
+        last_options: dict[str, Any] = {
+            k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options
+        }
+        results = [step.freeze() for step in steps]
+        for parent, child in itertools.pairwise(results):
+            # Each step's result knows its parent, so the chain's result walks back to the start.
+            child.parent = parent
+        if last_options:
+            steps[-1].options.update(last_options)
+        first, rest = steps[0], [dict(step) for step in reversed(steps[1:])]
+        inherited_chain = options.pop("chain", None) or []
+        first.apply_async(args, kwargs, chain=rest + list(inherited_chain) or None, **options)
+        return results[-1]
+
+    def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:  # fmt: skip
+        """Run every step here, in order (eager mode)."""
+        first, *rest = self._prepared()
+        result: Any = first.apply(args, kwargs, **options)
+        for step in rest:
+            result = step.apply((result.get(),))
+        return result
+
+
+class group(_Composite):  # noqa: N801
+    """Run tasks in parallel; the result is a ``GroupResult`` of all of them."""
+
+    def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
+        if _is_dict_form(tasks, "celery.group"):
+            super().__init__(tasks[0], app=app)
+            return
+        if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
+            tasks = tuple(tasks[0])  # group(generator) as well as group(a, b)
+        members = _sigs(tasks, app)
+        super().__init__("celery.group", (), {"tasks": [dict(m) for m in members]}, options,
+                         subtask_type="group", app=app)  # fmt: skip
+        self._app = app or next((m._app or (m._type.app if m._type else None) for m in members), None)
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return _sigs(self.kwargs.get("tasks", ()), self._app)
+
+    def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                    **options: Any) -> Any:  # fmt: skip
+        from taskq.result import GroupResult
+
+        args, kwargs, options = self._merge(args, kwargs, options)
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        group_id = options.pop("task_id", None) or options.pop("group_id", None) or str(uuid.uuid4())
+        chord_body = options.pop("chord", None)
+        results = []
+        for index, member in enumerate(self.tasks):
+            member_options = {**options, "group_id": group_id, "group_index": index}
+            if chord_body is not None:
+                if isinstance(member, group):
+                    raise ChordError("a group nested directly in a chord header is not supported")
+                member_options["chord"] = chord_body
+            results.append(member.apply_async(args, kwargs, **member_options))
+        return GroupResult(group_id, results, app=self.app)
+
+    def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:  # fmt: skip
+        from taskq.result import GroupResult
+
+        group_id = options.pop("task_id", None) or str(uuid.uuid4())
+        results = [member.apply(args, kwargs, **options) for member in self.tasks]
+        return GroupResult(group_id, results, app=self.app)
+
+    def freeze(self, _id: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        from taskq.result import GroupResult
+
+        group_id = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
+        tasks = self.tasks
+        results = [m.freeze(group_id=group_id, group_index=i) for i, m in enumerate(tasks)]
+        self["kwargs"] = {**self.kwargs, "tasks": [dict(m) for m in tasks]}  # keep the frozen ids
+        return GroupResult(group_id, results, app=self.app)
+
+
+class chord(_Composite):  # noqa: N801
+    """A header group, then a body called with the list of the header's results."""
+
+    def __init__(
+        self, header: Any = None, body: Sig | None = None, app: App | None = None, **options: Any
+    ) -> None:
+        if isinstance(header, Mapping) and header.get("task") == "celery.chord":
+            super().__init__(header, app=app)
+            return
+        head = header if isinstance(header, group) else group(*_sigs(header or (), app), app=app)
+        kwargs = {"kwargs": {}, "header": dict(head), "body": dict(body) if body is not None else None}
+        super().__init__("celery.chord", (), kwargs, options, subtask_type="chord", app=app)
+        self._app = app or head._app
+
+    @property
+    def header(self) -> group:
+        return group(self.kwargs["header"], app=self._app)
+
+    @property
+    def body(self) -> Signature | None:
+        body = self.kwargs.get("body")
+        return from_dict(body, self._app) if body is not None else None
+
+    def freeze(self, _id: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Fix the header's group id and the body's task id; the chord's result is the body's."""
+        group_id = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
+        body = self.body
+        if body is None:
+            raise ValueError("a chord needs a body")
+        result = body.freeze(group_id=group_id)
+        self["kwargs"] = {**self.kwargs, "body": dict(body)}
+        return result
+
+    def __call__(self, body: Sig | None = None, **options: Any) -> Any:  # chord(header)(body)
+        return chord(self.header, body, app=self._app, **options).apply_async()
+
+    def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                    **options: Any) -> Any:  # fmt: skip
+        from taskq.result import GroupResult
+
+        body = self.body
+        if body is None:
+            raise ValueError("a chord needs a body")
+        args, kwargs, options = self._merge(args, kwargs, options)
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        group_id = options.pop("task_id", None) or options.pop("group_id", None) or str(uuid.uuid4())
+        if options.get("chain"):
+            body.options["chain"] = options.pop("chain")  # the rest of an outer chain follows the body
+        body_result = body.freeze(group_id=group_id)
+        header = self.header
+        backend = self.app.backend
+        if not header.tasks:  # nothing to wait for
+            body.apply_async(([],))
+            return body_result
+        if getattr(backend, "supports_native_chord", False):
+            backend.set_chord_size(group_id, len(header.tasks))
+        header_result = header.apply_async(args, kwargs, task_id=group_id, chord=dict(body), **options)
+        if not getattr(backend, "supports_native_chord", False):
+            header_result.save()
+            unlock = self.app.tasks["celery.chord_unlock"]
+            unlock.apply_async((group_id, dict(body)), {"result": [r.as_tuple() for r in header_result]},
+                               countdown=1)  # fmt: skip
+        body_result.parent = GroupResult(group_id, header_result.results, app=self.app)
+        return body_result
+
+    def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:  # fmt: skip
+        body = self.body
+        if body is None:
+            raise ValueError("a chord needs a body")
+        values = self.header.apply(args, kwargs).join(propagate=True, disable_sync_subtasks=False)
+        return body.apply((values,), **options)
+
+
+def _flatten(steps: list[Signature]) -> list[Signature]:
+    """A chain inside a chain is just more steps."""
+    out: list[Signature] = []
+    for step in steps:
+        out.extend(_flatten(step.tasks) if isinstance(step, chain) else [step])
+    return out
+
+
+SUBTASK_TYPES.update(chain=chain, group=group, chord=chord)
