@@ -88,27 +88,45 @@ class chain(_Composite):  # noqa: N801 - Celery's name
             out.append(step)
         return out
 
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Any = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Any:
+        """Fix every step's id; the chain's result is the last step's, linked to its parents.
+
+        Group membership and a chord to report to belong to the last step: its result is the
+        chain's result.
+        """
+        steps = self._prepared()
+        if not steps:
+            raise ValueError("a chain needs at least one step")
+        results = [step.freeze() for step in steps]
+        for parent, child in itertools.pairwise(results):
+            child.parent = parent  # each result knows its parent: the chain walks back
+        last = steps[-1].options
+        for key, value in (("group_id", group_id), ("group_index", group_index), ("chord", chord)):
+            if value is not None:
+                last[key] = value
+        self["kwargs"] = {**self.kwargs, "tasks": [dict(step) for step in steps]}
+        return results[-1]
+
     def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                     **options: Any) -> Any:  # fmt: skip
         args, kwargs, options = self._merge(args, kwargs, options)
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        steps = self._prepared()
-        if not steps:
-            raise ValueError("cannot send an empty chain")
-        last_options: dict[str, Any] = {
-            k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options
-        }
-        results = [step.freeze() for step in steps]
-        for parent, child in itertools.pairwise(results):
-            # Each step's result knows its parent, so the chain's result walks back to the start.
-            child.parent = parent
-        if last_options:
-            steps[-1].options.update(last_options)
-        first, rest = steps[0], [dict(step) for step in reversed(steps[1:])]
+        membership = {k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options}
+        result = self.freeze(**membership)
+        first, *rest = self.tasks
         inherited_chain = options.pop("chain", None) or []
-        first.apply_async(args, kwargs, chain=rest + list(inherited_chain) or None, **options)
-        return results[-1]
+        first.apply_async(args, kwargs, chain=[dict(step) for step in reversed(rest)] + list(inherited_chain) or None,
+                          **options)  # fmt: skip
+        return result
 
     def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Any:  # fmt: skip
@@ -145,7 +163,9 @@ class group(_Composite):  # noqa: N801
         args, kwargs, options = self._merge(args, kwargs, options)
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        group_id = options.pop("task_id", None) or options.pop("group_id", None) or str(uuid.uuid4())
+        group_id = options.pop("task_id", None) or str(uuid.uuid4())
+        # Membership in an outer group means nothing for a nested group's own members.
+        options.pop("group_id", None), options.pop("group_index", None)
         chord_body = options.pop("chord", None)
         results = []
         for index, member in enumerate(self.tasks):
@@ -221,10 +241,14 @@ class chord(_Composite):  # noqa: N801
         args, kwargs, options = self._merge(args, kwargs, options)
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        group_id = options.pop("task_id", None) or options.pop("group_id", None) or str(uuid.uuid4())
+        group_id = options.pop("task_id", None) or str(uuid.uuid4())
         if options.get("chain"):
             body.options["chain"] = options.pop("chain")  # the rest of an outer chain follows the body
         body_result = body.freeze(group_id=group_id)
+        # A chord inside a group or another chord's header: its body is the member that reports.
+        for key in ("group_id", "group_index", "chord"):
+            if key in options:
+                body.options[key] = options.pop(key)
         header = self.header
         backend = self.app.backend
         if not header.tasks:  # nothing to wait for
