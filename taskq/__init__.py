@@ -8,8 +8,11 @@ from __future__ import annotations
 from taskq import states
 from taskq._state import current_app, current_task
 from taskq.app import App, Celery, shared_task
-from taskq.result import AsyncResult, EagerResult
+from taskq.canvas import Signature, maybe_signature, signature
+from taskq.canvas_tasks import chunks, xmap, xstarmap
+from taskq.result import AsyncResult, EagerResult, GroupResult, ResultSet
 from taskq.task import Context, Task
+from taskq.workflows import chain, chord, group
 
 __version__ = "0.1.0"
 VERSION = tuple(int(p) for p in __version__.split("."))
@@ -20,10 +23,21 @@ __all__ = [
     "Celery",
     "Context",
     "EagerResult",
+    "GroupResult",
+    "ResultSet",
+    "Signature",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "current_task",
+    "group",
+    "maybe_signature",
     "shared_task",
+    "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

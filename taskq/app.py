@@ -112,6 +112,11 @@ class App:
         if set_as_current:
             _state.set_current_app(self)
         _live_apps.add(self)
+        from taskq.builtins import register_builtins
+        from taskq.canvas_tasks import register_canvas_tasks
+
+        register_builtins(self)
+        register_canvas_tasks(self)
         for fun, opts in _shared_tasks:
             self._task_from_fun(fun, **opts)
 

@@ -114,6 +114,23 @@ class AsyncResult(Generic[R]):
     retries = property(lambda self: self._extended("retries"))
     queue = property(lambda self: self._extended("queue"))
 
+    @property
+    def children(self) -> list[Any]:
+        """Results of the tasks this one sent (stored in its meta once it finished)."""
+        return [result_from_tuple(child, self.app) for child in self._get_meta().get("children") or ()]
+
+    def collect(self, intermediate: bool = False, timeout: float | None = None) -> Any:
+        """Yield ``(result, value)`` for this task and, depth first, every task it sent."""
+        stack: list[Any] = [self]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, GroupResult):
+                stack.extend(reversed(node.results))
+                continue
+            value = node.get(timeout=timeout, disable_sync_subtasks=False)
+            yield node, value
+            stack.extend(reversed(node.children))
+
     def ready(self) -> bool:
         return self.state in states.READY_STATES
 

@@ -282,6 +282,24 @@ class Task(Generic[P, R]):
         """An immutable signature: a parent's result is not prepended to its arguments."""
         return Signature(self, args, kwargs, app=self.app, immutable=True)
 
+    def map(self, it: Any) -> Signature:
+        """``[task(x) for x in it]`` in one task (Celery's xmap)."""
+        from taskq.canvas_tasks import task_map
+
+        return task_map(self, it)
+
+    def starmap(self, it: Any) -> Signature:
+        """``[task(*args) for args in it]`` in one task (Celery's xstarmap)."""
+        from taskq.canvas_tasks import task_starmap
+
+        return task_starmap(self, it)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """The argument tuples in ``it`` split into a group of tasks of ``n`` calls each."""
+        from taskq.canvas_tasks import task_chunks
+
+        return task_chunks(self, it, n)
+
     # -- handlers (override in a base class) ------------------------------------------------
     def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Called in the worker just before the task runs."""

@@ -91,13 +91,14 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
 def _on_success(
     task: Task[Any, Any], context: Context, retval: Any, backend: Any, ignore_result: bool
 ) -> Outcome:
+    # Follow-ups are sent before the result is stored, so the stored meta lists them as children.
+    _send_callbacks(task, context, retval)
     if backend is not None and not ignore_result:
         _store(backend.mark_as_done, context, retval, request=context)
     if context.chord and backend is not None:
         _follow_up(lambda: backend.on_chord_part_return(context, states.SUCCESS, retval))
     _handler(task.on_success, retval, context.id, context.args, context.kwargs)
     signals.task_success.send(sender=task, result=retval)
-    _send_callbacks(task, context, retval)
     return Outcome(states.SUCCESS, retval=retval)
 
 
