@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
@@ -17,11 +18,13 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq import exceptions, states
+from taskq.backend import chord
 from taskq.exceptions import SecurityError, TimeoutError
 from taskq.message import saferepr
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.result import GroupResult
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
@@ -257,7 +260,9 @@ class ResultBackend:
         try:
             meta = self.decode(raw)
         except Exception as exc:
-            raise exceptions.BackendGetMetaError(f"{where} cannot be decoded: {type(exc).__name__}: {exc}") from exc
+            raise exceptions.BackendGetMetaError(
+                f"{where} cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(meta, dict) or "status" not in meta:
             raise exceptions.BackendGetMetaError(f"{where} is malformed: {meta!r:.200}")
         return meta
@@ -290,6 +295,63 @@ class ResultBackend:
     def on_task_call(self, task_id: str) -> None:
         """Called before a task is published (the Redis backend subscribes here)."""
 
+    # -- groups and chords (the protocol is in taskq/backend/chord.py) ------------------------
+    supports_native_chord = False  # counts parts itself (else: celery.chord_unlock polls)
+    group_keyprefix = GROUP_KEY_PREFIX
+
+    def group_key_for(self, group_id: str) -> str:
+        return f"{self.group_keyprefix}{group_id}"
+
+    def save_group(self, group_id: str, result: GroupResult) -> GroupResult:
+        """``celery-taskset-meta-<gid>`` = ``{"result": <result tuple>}``, like a task meta."""
+        self._set(self.group_key_for(group_id), self.encode({"result": result.as_tuple()}), self.expires)
+        return result
+
+    def restore_group(self, group_id: str) -> GroupResult | None:
+        return chord.restore_group(self, group_id, self._get(self.group_key_for(group_id)))
+
+    def delete_group(self, group_id: str) -> None:
+        self._delete(self.group_key_for(group_id))
+
+    def ensure_chords_allowed(self) -> None:
+        """Raise when this backend cannot run chords at all (rpc://, no backend)."""
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Before a chord's header is sent: its size (and a fresh run: no "done" mark)."""
+        self._delete(self.group_key_for(group_id) + ".c")
+        self._set(self.group_key_for(group_id) + ".s", str(int(size)), chord.chord_expires(self) or None)
+
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        """One more header task joined the chord (``Task.add_to_chord``)."""
+        self._incr(self.group_key_for(group_id) + ".t", chord.chord_expires(self) or None)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any) -> None:
+        """A header task of a chord stored its final state (SUCCESS, FAILURE or REVOKED)."""
+        if self.supports_native_chord and getattr(request, "chord", None):
+            chord.part_return(self, request, state, result)
+
+    def cleanup(self) -> None:
+        """``celery.backend_cleanup``: drop expired results where the store keeps them."""
+
+    def _atomic(self) -> AbstractContextManager[Any]:  # primitives inside: one atomic step
+        raise NotImplementedError
+
+    def _incr(self, key: str, ttl: float | None) -> int:
+        raise NotImplementedError
+
+    def _add(self, key: str, value: bytes | str, ttl: float | None) -> bool:
+        """Set unless present (expired counts as absent); True when set."""
+        raise NotImplementedError
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        raise NotImplementedError
+
+    def _expire_prefix(self, prefix: str, ttl: float | None) -> None:
+        raise NotImplementedError
+
+    def _delete_prefix(self, prefix: str) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections; the backend may be used again afterwards."""
 
@@ -315,6 +377,7 @@ class DisabledBackend(ResultBackend):
         )
 
     get_task_meta = wait_for = forget = _unavailable
+    save_group = restore_group = delete_group = set_chord_size = ensure_chords_allowed = _unavailable
 
 
 def _seconds(value: Any) -> float | None:

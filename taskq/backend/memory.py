@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from taskq import states
@@ -24,6 +25,7 @@ class MemoryBackend(ResultBackend):
 
     persistent = False
     supports_native_wait = True
+    supports_native_chord = True
 
     def _get(self, key: str) -> bytes | str | None:
         item = _STORE.get(key)
@@ -42,6 +44,41 @@ class MemoryBackend(ResultBackend):
 
     def _delete(self, key: str) -> None:
         _STORE.pop(key, None)
+
+    # -- chord primitives: one process-wide lock (re-entrant) makes a step atomic ----------------
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        with _CHANGED:
+            yield
+
+    def _incr(self, key: str, ttl: float | None) -> int:
+        with _CHANGED:
+            value = int(self._get(key) or 0) + 1
+            self._set(key, str(value), ttl)
+            return value
+
+    def _add(self, key: str, value: bytes | str, ttl: float | None) -> bool:
+        with _CHANGED:
+            if self._get(key) is not None:
+                return False
+            self._set(key, value, ttl)
+            return True
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        with _CHANGED:
+            value = self._get(key)
+            if value is not None:
+                _STORE[key] = (value, time.monotonic() + ttl if ttl else None)
+
+    def _expire_prefix(self, prefix: str, ttl: float | None) -> None:
+        with _CHANGED:
+            for key in [k for k in list(_STORE) if k.startswith(prefix)]:
+                self._expire(key, ttl)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        with _CHANGED:
+            for key in [k for k in list(_STORE) if k.startswith(prefix)]:
+                _STORE.pop(key, None)
 
     def wait_for(
         self,

@@ -30,6 +30,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 
 from taskq import states
+from taskq.backend import redis_chord
 from taskq.backend.base import GROUP_KEY_PREFIX, TASK_KEY_PREFIX, ResultBackend
 from taskq.exceptions import BackendGetMetaError, BackendStoreError, ImproperlyConfigured, OperationalError
 from taskq.exceptions import TimeoutError as ResultTimeout
@@ -269,6 +270,7 @@ class RedisBackend(ResultBackend):
     """Results in Redis under Celery's ``celery-task-meta-<id>`` keys."""
 
     supports_native_wait = True
+    supports_native_chord = True  # Celery 5.7's scripts, in redis_chord.py
 
     def __init__(self, app: App, url: str | None = None) -> None:
         super().__init__(app, url)
@@ -332,6 +334,16 @@ class RedisBackend(ResultBackend):
 
     def _delete(self, key: str) -> None:
         self._call("delete", self.client.delete, key, store=True)
+
+    def _incr(self, key: str, ttl: float | None) -> int:  # add_to_chord: a bare INCR, as Celery
+        return int(self._call("increment", self.client.incr, key, store=True))
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        redis_chord.set_chord_size(self, group_id, size)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any) -> None:
+        if self.supports_native_chord:
+            redis_chord.on_chord_part_return(self, request, state, result)
 
     def on_task_call(self, task_id: str) -> None:
         self._subscriber.subscribe(self.key_for(task_id))

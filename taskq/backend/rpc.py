@@ -173,6 +173,17 @@ class RPCBackend(ResultBackend):
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._lock = threading.Lock()
 
+    # -- no chords, no saved groups: results are nowhere to be counted or read back -------------
+    def _no_chords(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            "the rpc:// result backend cannot run chords or save groups, as in Celery (results "
+            "are messages to the sender only); use redis://, sqlite:// or another stored backend "
+            "for chords, groups chained to a task and GroupResult.save()"
+        )
+
+    ensure_chords_allowed = save_group = restore_group = delete_group = _no_chords
+    set_chord_size = add_to_chord = on_chord_part_return = _no_chords
+
     def binding(self, oid: str) -> Queue:
         """The reply queue, declared exactly as Celery 5.7 declares it."""
         return Queue(oid, Exchange(""), oid, durable=True, auto_delete=True, expires=self.expires)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from taskq.backend.base import ResultBackend
@@ -50,6 +51,8 @@ def _retry_locked(action: Callable[[], None], attempts: int = 50) -> None:
 
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; one connection per thread (pool threads store concurrently)."""
+
+    supports_native_chord = True
 
     def __init__(self, app: App, url: str | None = None) -> None:
         super().__init__(app, url)
@@ -106,6 +109,67 @@ class SQLiteBackend(ResultBackend):
     def _delete(self, key: str) -> None:
         self._db().execute("DELETE FROM taskq_result WHERE key = ?", (key,))
 
+    # -- chord primitives: a step is one IMMEDIATE transaction (other writers wait) -------------
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        db = self._db()
+        if db.in_transaction:  # already inside one step
+            yield
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _incr(self, key: str, ttl: float | None) -> int:
+        now = time.time()
+        row = (
+            self._db()
+            .execute(
+                "INSERT INTO taskq_result (key, value, expires) VALUES (?, '1', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = CASE WHEN expires IS NOT NULL AND expires <= ? "
+                "THEN '1' ELSE CAST(CAST(value AS INTEGER) + 1 AS TEXT) END, expires = excluded.expires "
+                "RETURNING value",
+                (key, now + ttl if ttl else None, now),
+            )
+            .fetchall()
+        )
+        return int(row[0][0])
+
+    def _add(self, key: str, value: bytes | str, ttl: float | None) -> bool:
+        now = time.time()
+        cursor = self._db().execute(
+            "INSERT INTO taskq_result (key, value, expires) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires "
+            "WHERE taskq_result.expires IS NOT NULL AND taskq_result.expires <= ?",
+            (key, value, now + ttl if ttl else None, now),
+        )
+        return cursor.rowcount > 0
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        now = time.time()
+        self._db().execute(
+            "UPDATE taskq_result SET expires = ? WHERE key = ? AND (expires IS NULL OR expires > ?)",
+            (now + ttl if ttl else None, key, now),
+        )
+
+    def _expire_prefix(self, prefix: str, ttl: float | None) -> None:
+        now = time.time()
+        self._db().execute(
+            "UPDATE taskq_result SET expires = ? WHERE key >= ? AND key < ? AND (expires IS NULL OR expires > ?)",
+            (now + ttl if ttl else None, prefix, _after(prefix), now),
+        )
+
+    def _delete_prefix(self, prefix: str) -> None:
+        self._db().execute("DELETE FROM taskq_result WHERE key >= ? AND key < ?", (prefix, _after(prefix)))
+
+    def cleanup(self) -> None:
+        """``celery.backend_cleanup``: delete the rows whose time is up."""
+        self._db().execute("DELETE FROM taskq_result WHERE expires < ?", (time.time(),))
+
     def wait_for(
         self,
         task_id: str,
@@ -120,3 +184,8 @@ class SQLiteBackend(ResultBackend):
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _after(prefix: str) -> str:
+    """The smallest string greater than every string that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
