@@ -298,6 +298,9 @@ class App:
             cls = type(instance)
             instance.name = self.gen_task_name(cls.__name__, cls.__module__)
         instance.app = self
+        from taskq.retry import add_autoretry
+
+        add_autoretry(instance)
         self.tasks[instance.name] = instance
         return instance
 

@@ -209,7 +209,9 @@ class EagerResult(AsyncResult[R]):
         name: str | None = None,
     ) -> None:
         super().__init__(id, app=app, task_name=name)
-        self._cache = {"status": state, "result": ret_value, "traceback": traceback, "task_id": id}
+        self._cache = {
+            "status": state, "result": ret_value, "traceback": traceback, "task_id": id, "name": name,
+        }  # fmt: skip
 
     def _get_meta(self) -> dict[str, Any]:
         assert self._cache is not None

@@ -114,9 +114,9 @@ def _retry_for(task: Task[Any, Any], exc: BaseException) -> NoReturn:
     """What ``autoretry_for`` does with a matching exception: retry with ``retry_kwargs``."""
     options = dict(task.retry_kwargs or {})
     if task.retry_backoff:
-        factor = 1 if task.retry_backoff is True else task.retry_backoff
+        factor = int(max(1.0, float(task.retry_backoff)))  # Celery: a whole number of seconds >= 1
         options["countdown"] = backoff_countdown(
-            factor, task.request.retries, task.retry_backoff_max, task.retry_jitter
+            factor, task.request.retries, int(task.retry_backoff_max), task.retry_jitter
         )
     raise retry(task, exc=exc, **options) from exc
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
+
+from kombu import serialization
 
 from taskq import _state, exceptions
 from taskq.canvas import Signature
@@ -169,8 +172,15 @@ class Task(Generic[P, R]):
         if self.typing:
             self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
+            # Celery 5.7: the arguments go through the serializer, as if sent and received.
+            serializer = options.get("serializer") or self.serializer or self.app.conf.task_serializer
+            content_type, encoding, data = serialization.dumps((args, kwargs), serializer=serializer)
+            args, kwargs = serialization.loads(data, content_type, encoding, accept=[content_type])
             return self.apply(args, kwargs, task_id=task_id, **options)
-        for attr in ("queue", "routing_key", "exchange", "priority", "shadow", "expires", "delivery_mode"):
+        for attr in (
+            "queue", "routing_key", "exchange", "priority", "shadow", "expires", "delivery_mode",
+            "time_limit", "soft_time_limit",
+        ):  # fmt: skip
             if options.get(attr) is None and getattr(self, attr, None) is not None:
                 options[attr] = getattr(self, attr)
         return self.app.send_task(self.name, args, kwargs, task_id=task_id, task=self, **options)
@@ -191,8 +201,14 @@ class Task(Generic[P, R]):
         retries = int(options.get("retries") or 0)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         store = bool(self.app.conf.task_store_eager_result)
+        headers = dict(options.get("headers") or {})
+        limits = (
+            options.get("time_limit", self.time_limit),
+            options.get("soft_time_limit", self.soft_time_limit),
+        )
         while True:
             context = Context(
+                **{k: v for k, v in headers.items() if not hasattr(Context, k)},
                 id=task_id,
                 task=self.name,
                 args=args,
@@ -202,7 +218,9 @@ class Task(Generic[P, R]):
                 root_id=(parent.root_id if parent else None) or task_id,
                 parent_id=parent.id if parent else None,
                 retries=retries,
-                headers=options.get("headers"),
+                headers=headers or None,
+                hostname=socket.gethostname(),
+                timelimit=None if limits == (None, None) else limits,
                 delivery_info={"is_eager": True},
                 ignore_result=options.get("ignore_result", self.ignore_result),
                 callbacks=_as_signature_list(options.get("link")),
@@ -214,7 +232,8 @@ class Task(Generic[P, R]):
                 break
             # An eager retry runs again at once, here, with the arguments it was given.
             args, kwargs, retries = retry.sig.args, retry.sig.kwargs, retries + 1
-        if outcome.exc is not None and self.app.conf.task_eager_propagates:
+        throw = options.get("throw")
+        if outcome.exc is not None and (self.app.conf.task_eager_propagates if throw is None else throw):
             raise outcome.exc
         value = outcome.retval if outcome.exc is None else outcome.exc
         return EagerResult(task_id, value, outcome.state, outcome.traceback, app=self.app, name=self.name)
@@ -362,4 +381,7 @@ def make_task_class(
     task = cls()
     task._app = app
     task.run = run.__get__(task) if bind else run
+    from taskq.retry import add_autoretry
+
+    add_autoretry(task)
     return task

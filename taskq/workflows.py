@@ -254,14 +254,15 @@ class chord(_Composite):  # noqa: N801
         if not header.tasks:  # nothing to wait for
             body.apply_async(([],))
             return body_result
-        if getattr(backend, "supports_native_chord", False):
+        backend.ensure_chords_allowed()  # rpc:// and no backend refuse here, before sending
+        # Each header member reports once: a chain through its last step, a chord through its body.
+        if backend.supports_native_chord:
             backend.set_chord_size(group_id, len(header.tasks))
         header_result = header.apply_async(args, kwargs, task_id=group_id, chord=dict(body), **options)
-        if not getattr(backend, "supports_native_chord", False):
-            header_result.save()
-            unlock = self.app.tasks["celery.chord_unlock"]
-            unlock.apply_async((group_id, dict(body)), {"result": [r.as_tuple() for r in header_result]},
-                               countdown=1)  # fmt: skip
+        if not backend.supports_native_chord:
+            from taskq.builtins import send_chord_unlock
+
+            send_chord_unlock(self.app, header_result, body, countdown=1)
         body_result.parent = GroupResult(group_id, header_result.results, app=self.app)
         return body_result
 

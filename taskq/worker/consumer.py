@@ -23,7 +23,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
-from taskq.exceptions import InvalidTaskError, NotRegistered, OperationalError
+from taskq.exceptions import InvalidTaskError, NotRegistered, OperationalError, TaskRevokedError
 from taskq.message import parse
 from taskq.worker.execute import Outcome, describe, execute
 from taskq.worker.pools import Pool
@@ -187,6 +187,13 @@ class Consumer:
         )
         if not request.req.ignore_result:
             self._store_quietly(request.id, "expired", states.REVOKED, request)
+        if request.req.chord:  # a chord must not wait forever for a member that will not run
+            try:
+                self.app.backend.on_chord_part_return(
+                    request.context(), states.REVOKED, TaskRevokedError("expired")
+                )
+            except Exception as exc:
+                logger.warning("could not report expired chord member %s: %r", request, exc)
         return True
 
     def _store_quietly(self, task_id: str, value: Any, state: str, request: Request | None = None) -> None:

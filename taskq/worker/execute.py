@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskq import _state, signals, states
+from taskq.backend.chord import fail_chain
 from taskq.canvas import Signature
 from taskq.exceptions import ExceptionInfo, Ignore, Reject, Retry
 from taskq.saferepr import saferepr
@@ -74,10 +75,11 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
         except Exception as exc:
             outcome = _on_failure(task, context, exc, backend, ignore_result)
         else:
-            outcome = _on_success(task, context, retval, backend, ignore_result)
+            outcome = _on_success(task, context, retval, backend, ignore_result, time.monotonic() - started)
         outcome.runtime = time.monotonic() - started
-        _handler(task.after_return, outcome.state, outcome.exc or outcome.retval, context.id, context.args,
-                 context.kwargs, _einfo(outcome))  # fmt: skip
+        if outcome.state not in (states.RETRY, states.IGNORED, states.REJECTED):  # Celery's IGNORE_STATES
+            _handler(task.after_return, outcome.state, outcome.exc or outcome.retval, context.id, context.args,
+                     context.kwargs, _einfo(outcome))  # fmt: skip
         signals.task_postrun.send(
             sender=task, task_id=context.id, task=task, args=context.args,
             kwargs=context.kwargs, retval=outcome.retval if outcome.exc is None else outcome.exc,
@@ -89,7 +91,7 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
 
 
 def _on_success(
-    task: Task[Any, Any], context: Context, retval: Any, backend: Any, ignore_result: bool
+    task: Task[Any, Any], context: Context, retval: Any, backend: Any, ignore_result: bool, runtime: float
 ) -> Outcome:
     # Follow-ups are sent before the result is stored, so the stored meta lists them as children.
     _send_callbacks(task, context, retval)
@@ -98,7 +100,7 @@ def _on_success(
     if context.chord and backend is not None:
         _follow_up(lambda: backend.on_chord_part_return(context, states.SUCCESS, retval))
     _handler(task.on_success, retval, context.id, context.args, context.kwargs)
-    signals.task_success.send(sender=task, result=retval)
+    signals.task_success.send(sender=task, result=retval, runtime=runtime)
     return Outcome(states.SUCCESS, retval=retval)
 
 
@@ -114,8 +116,11 @@ def _on_failure(
     )
     if backend is not None and store:
         _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
-    if context.chord and backend is not None:
-        _follow_up(lambda: backend.on_chord_part_return(context, states.FAILURE, exc))
+    if backend is not None:
+        if context.chord:
+            _follow_up(lambda: backend.on_chord_part_return(context, states.FAILURE, exc))
+        if context.chain:  # the steps after a failed one will never run: say so in their results
+            _follow_up(lambda: fail_chain(backend, context.chain, exc, outcome.traceback))
     _handler(task.on_failure, exc, context.id, context.args, context.kwargs, einfo)
     signals.task_failure.send(
         sender=task, task_id=context.id, exception=exc, args=context.args,

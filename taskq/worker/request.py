@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from taskq.message import TaskRequest
+from taskq.message import PROTOCOL_HEADERS, TaskRequest
 from taskq.task import Context, Task
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class Request:
         """The ``task.request`` this run sees; unknown headers become attributes too."""
         r = self.req
         extra = {k: v for k, v in r.headers.items() if not hasattr(Context, k)}
+        custom = {k: v for k, v in extra.items() if k not in PROTOCOL_HEADERS}  # Celery's request.headers
         return Context(
             **extra,
             id=r.id,
@@ -79,7 +80,7 @@ class Request:
             errbacks=r.errbacks,
             correlation_id=r.correlation_id,
             reply_to=r.reply_to,
-            headers=r.headers,
+            headers=custom or None,
             called_directly=False,
             timelimit=r.timelimit,
             origin=r.origin,

@@ -1,0 +1,1 @@
+"""Task semantics (issue 4): each behaviour written once, run eagerly and through a worker."""
