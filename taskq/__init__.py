@@ -11,6 +11,7 @@ from taskq.app import App, Celery, shared_task
 from taskq.canvas import Signature, maybe_signature, signature
 from taskq.canvas_tasks import chunks, xmap, xstarmap
 from taskq.result import AsyncResult, EagerResult, GroupResult, ResultSet
+from taskq.schedules import crontab
 from taskq.task import Context, Task
 from taskq.workflows import chain, chord, group
 
@@ -31,6 +32,7 @@ __all__ = [
     "chain",
     "chord",
     "chunks",
+    "crontab",
     "current_app",
     "current_task",
     "group",

@@ -99,6 +99,11 @@ class App:
         self._backend: ResultBackend | None = None
         self._pending_autodiscover: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
+        # Celery's app signals: receivers add periodic tasks (add_periodic_task) and the like.
+        self.on_after_configure = signals.Signal("app.on_after_configure", providing_args=("source",))
+        self.on_after_finalize = signals.Signal("app.on_after_finalize")
+        self.configured = False
+        self.finalized = False
         if config_source is not None:
             self.config_from_object(config_source, silent=config_source_silent, namespace=namespace)
         if broker:
@@ -160,8 +165,7 @@ class App:
             return name if isinstance(name, tzinfo) else ZoneInfo(str(name))
         if self.conf.enable_utc:
             return timezone.utc
-        local = datetime.now().astimezone().tzinfo
-        return local or timezone.utc
+        return _local_zone()
 
     def now(self) -> datetime:
         """Aware current time in the app's time zone (ETAs, ``date_done``)."""
@@ -310,6 +314,23 @@ class App:
             module = self.main
         return f"{module}.{name}"
 
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` then ``on_after_finalize``, once (worker and beat start-up)."""
+        if not self.configured:
+            self.configured = True
+            self.on_after_configure.send(sender=self, source=self.conf)
+        if not self.finalized:
+            self.finalized = True
+            self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(
+        self, schedule: Any, sig: Any, args: Any = (), kwargs: Any = (), name: str | None = None, **opts: Any
+    ) -> str:
+        """Add an entry to ``beat_schedule`` (Celery's API; call it from on_after_configure)."""
+        from taskq.beat import add_periodic_task
+
+        return add_periodic_task(self, schedule, sig, args, kwargs, name, **opts)
+
     # -- modules ----------------------------------------------------------------------------
     def autodiscover_tasks(
         self,
@@ -438,6 +459,20 @@ class App:
         if parent is not None and options.get("add_to_parent", True):
             parent.children.append(result)
         return result
+
+
+def _local_zone() -> tzinfo:
+    """The system's IANA zone (so local crontabs follow DST), else its current fixed offset."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name and os.path.islink("/etc/localtime"):
+        target = os.path.realpath("/etc/localtime")
+        name = target.partition("zoneinfo/")[2]
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ValueError, OSError):  # not an IANA name: fall back to the offset
+            pass
+    return datetime.now().astimezone().tzinfo or timezone.utc
 
 
 def _eta_and_expiry(

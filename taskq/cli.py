@@ -211,7 +211,13 @@ def _not_yet(flag: str, what: str) -> None:
 @click.option("--without-heartbeat", is_flag=True, hidden=True)
 @click.option("--without-gossip", is_flag=True, hidden=True)
 @click.option("--without-mingle", is_flag=True, hidden=True)
-@click.option("-B", "--beat", is_flag=True, help="Also run beat (not yet available).")
+@click.option(
+    "-B", "--beat", is_flag=True, help="Also run beat in this worker (safe on many with a lease store)."
+)
+@click.option(
+    "-s", "--schedule-filename", "--schedule", "schedule_filename", help="Embedded beat's schedule file."
+)
+@click.option("--scheduler", help="Embedded beat's scheduler class.")
 @click.option("-D", "--detach", is_flag=True, help="Run in the background (not yet available).")
 @click.option("--autoscale", help="MAX,MIN pool size (not yet available).")
 @click.option("--max-tasks-per-child", type=int, help="(prefork, not yet available)")
@@ -223,7 +229,7 @@ def _not_yet(flag: str, what: str) -> None:
 def worker(settings: Settings, **opts: Any) -> None:
     """Start a worker."""
     for flag, key, what in (
-        ("-B/--beat", "beat", "embedded beat"), ("-D/--detach", "detach", "daemonizing"),
+        ("-D/--detach", "detach", "daemonizing"),
         ("--autoscale", "autoscale", "autoscaling"), ("--max-tasks-per-child", "max_tasks_per_child", "prefork"),
         ("--max-memory-per-child", "max_memory_per_child", "prefork"), ("--time-limit", "time_limit", "time limits"),
         ("--soft-time-limit", "soft_time_limit", "time limits"), ("-S/--statedb", "statedb", "persistent revokes"),
@@ -252,6 +258,9 @@ def worker(settings: Settings, **opts: Any) -> None:
             hostname=opts["hostname"],
             prefetch_multiplier=multiplier,
             include=_csv(opts["include"]),
+            beat=opts["beat"],
+            schedule_filename=opts["schedule_filename"],
+            scheduler=opts["scheduler"],
         )
     except ImportError as exc:
         raise click.ClickException(f"cannot import {exc.name or exc} (listed in imports/include)") from None
@@ -278,6 +287,39 @@ def worker(settings: Settings, **opts: Any) -> None:
                 os.unlink(opts["pidfile"])
             except OSError:
                 pass
+
+
+@cli.command()
+@click.option(
+    "-s", "--schedule", help="Schedule file (default: beat_schedule_filename, taskq-beat-schedule)."
+)
+@click.option("-S", "--scheduler", help="Scheduler class (default: beat_scheduler).")
+@click.option("--max-interval", type=float, help="Longest sleep between two looks at the schedule (s).")
+@click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"], case_sensitive=False),
+    help="Logging level.",
+)
+@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@click.option("--pidfile", help="Write beat's pid here; refuse to start if it names a live process.")
+@click.option("--detach", is_flag=True, help="Run in the background (POSIX).")
+@click.option("--uid", help="Drop privileges to this user.")
+@click.option("--gid", help="Drop privileges to this group.")
+@click.option("--umask", help="umask of the process (octal), e.g. 022.")
+@click.option("--executable", hidden=True, help="Accepted for compatibility.")
+@click.option("-n", "--hostname", help="Node name (accepted; used in logs).")
+@click.option(
+    "--enable-remote-control/--no-enable-remote-control", "remote_control", default=None, hidden=True
+)
+@click.pass_obj
+def beat(settings: Settings, **opts: Any) -> None:
+    """Start the beat periodic task scheduler."""
+    from taskq.beat_command import run_beat
+
+    run_beat(settings.app, quiet=settings.quiet, **opts)
 
 
 def reorder_args(argv: Sequence[str]) -> list[str]:

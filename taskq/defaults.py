@@ -245,6 +245,8 @@ CELERY_SETTINGS: dict[str, tuple[str, Any]] = {
 TASKQ_SETTINGS: dict[str, Any] = {
     # Where the embedded SQLite broker/backend keeps its file when no broker is configured.
     "taskq_sqlite_path": None,
+    # How long a beat's leadership lasts without renewal (0: no lease, Celery's behaviour).
+    "beat_lease_seconds": 30,
     # Celery reads these with conf.get() although celery.app.defaults does not list them.
     "redis_backend_health_check_interval": None,
     "result_backend_thread_safe": False,

@@ -22,6 +22,7 @@ from taskq.worker.pools import create_pool
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.beat import EmbeddedService
 
 logger = logging.getLogger("taskq.worker")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -70,6 +71,9 @@ class Worker:
         hostname: str | None = None,
         prefetch_multiplier: int | None = None,
         include: list[str] | None = None,
+        beat: bool = False,
+        schedule_filename: str | None = None,
+        scheduler: str | None = None,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -80,6 +84,7 @@ class Worker:
         for module in include or ():
             conf.include = (*conf.include, module)
         app.import_modules()
+        app.finalize()
         self.pool = create_pool(self.pool_name, self.concurrency)
         selected = app.broker.queues.select(queues or (), exclude_queues or ())
         if not selected:
@@ -87,6 +92,12 @@ class Worker:
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
         self.consumer = Consumer(app, self.pool, selected, self.hostname, multiplier)
         self._stop_requests = 0
+        # -B: beat in a thread of this process (safe on several workers when a lease store exists).
+        self.beat: EmbeddedService | None = None
+        if beat:
+            from taskq.beat import EmbeddedService
+
+            self.beat = EmbeddedService(app, schedule_filename=schedule_filename, scheduler_cls=scheduler)
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=conf)
 
     # -- reporting --------------------------------------------------------------------------
@@ -148,9 +159,13 @@ class Worker:
         self.consumer.connect(startup=True)
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
+        if self.beat is not None:
+            self.beat.start()
         try:
             self.consumer.loop()
         finally:
+            if self.beat is not None:
+                self.beat.stop()
             signals.worker_shutting_down.send(
                 sender=self.hostname, sig=None, how="Cold" if self._cold else "Warm", exitcode=0
             )
