@@ -159,6 +159,18 @@ def cli(
     ctx.obj = Settings(app_name, broker, result_backend, config_module, quiet)
 
 
+# Options several commands share, declared once.
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"], case_sensitive=False),
+    help="Logging level.",
+)
+logfile_option = click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+
+
 def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -179,15 +191,8 @@ def _not_yet(flag: str, what: str) -> None:
 @click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume.")
 @click.option("-I", "--include", help="Comma-separated modules to import.")
 @click.option("-n", "--hostname", help="Node name, e.g. name@%h (default celery@%h).")
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"], case_sensitive=False),
-    help="Logging level.",
-)
-@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@loglevel_option
+@logfile_option
 @click.option("--pidfile", help="Write the worker's pid to this file.")
 @click.option("--prefetch-multiplier", type=int, help="Messages reserved per pool slot.")
 @click.option(
@@ -295,15 +300,8 @@ def worker(settings: Settings, **opts: Any) -> None:
 )
 @click.option("-S", "--scheduler", help="Scheduler class (default: beat_scheduler).")
 @click.option("--max-interval", type=float, help="Longest sleep between two looks at the schedule (s).")
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"], case_sensitive=False),
-    help="Logging level.",
-)
-@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@loglevel_option
+@logfile_option
 @click.option("--pidfile", help="Write beat's pid here; refuse to start if it names a live process.")
 @click.option("--detach", is_flag=True, help="Run in the background (POSIX).")
 @click.option("--uid", help="Drop privileges to this user.")
