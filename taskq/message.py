@@ -221,9 +221,11 @@ def parse(
         chord=embed.get("chord"),
         eta=parse_time(fields.get("eta"), "eta"),
         expires=parse_time(fields.get("expires"), "expires"),
-        retries=int(fields.get("retries") or 0),
+        retries=_int(fields.get("retries"), "retries"),
         group=fields.get("group"),
-        group_index=fields.get("group_index"),
+        group_index=None
+        if fields.get("group_index") is None
+        else _int(fields.get("group_index"), "group_index"),
         root_id=fields.get("root_id") or str(task_id),
         parent_id=fields.get("parent_id"),
         timelimit=(timelimit[0], timelimit[1]),
@@ -236,6 +238,13 @@ def parse(
         delivery_info=dict(delivery_info or {}),
         protocol=protocol,
     )
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        raise InvalidTaskError(f"{what} {value!r} is not a number") from None
 
 
 def _split_body(body: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:

@@ -23,7 +23,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
-from taskq.exceptions import InvalidTaskError, NotRegistered, OperationalError, TaskRevokedError
+from taskq.exceptions import NotRegistered, OperationalError, TaskRevokedError
 from taskq.message import parse
 from taskq.worker.execute import Outcome, describe, execute
 from taskq.worker.pools import Pool
@@ -141,7 +141,7 @@ class Consumer:
             return
         try:
             req = parse(message.headers, body, message.properties, message.delivery_info)
-        except InvalidTaskError as exc:
+        except Exception as exc:  # InvalidTaskError, or a header of a type nobody expected
             logger.error("Invalid task message dropped: %s; headers=%r", exc, dict(message.headers or {}))
             message.ack()
             signals.task_rejected.send(sender=self, message=message, exc=exc)
@@ -151,6 +151,14 @@ class Consumer:
         except NotRegistered:
             self._unknown_task(message, req)
             return
+        try:
+            self._accept(message, req, task)
+        except Exception:  # a bug must cost this one message, never the worker
+            logger.exception("Internal error handling %s[%s]; the message is rejected", req.name, req.id)
+            if not message.acknowledged:
+                message.reject(requeue=False)
+
+    def _accept(self, message: Message, req: Any, task: Any) -> None:
         request = Request(message, req, task, self.hostname)
         signals.task_received.send(sender=self, request=request)
         logger.info("Task %s[%s] received", request.name, request.id)
