@@ -160,6 +160,8 @@ class AsyncResult(Generic[R]):
             self.id, timeout=timeout, interval=interval, on_interval=on_interval
         )
         self._cache = meta
+        if self._callbacks:
+            self._fire()
         if meta["status"] in states.PROPAGATE_STATES and propagate:
             raise self.backend.exception_from_meta(meta)
         return self.result
