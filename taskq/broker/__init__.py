@@ -137,13 +137,6 @@ class Broker:
                     channel = conn.channel()  # AMQP closes the channel of a missing queue
         return removed
 
-    def ensure_connected(self, max_retries: int | None = 0) -> None:
-        """Connect now, so a wrong URL is reported at start-up rather than at first use."""
-        try:
-            self.connection.ensure_connection(max_retries=max_retries)
-        except CONNECTION_ERRORS as exc:
-            raise OperationalError(f"cannot connect to {self.masked_url}: {exc}") from exc
-
     def close(self) -> None:
         if self._producers is not None:
             self._producers.force_close_all()
