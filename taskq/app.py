@@ -27,6 +27,8 @@ from taskq.task import P, R, Task, make_task_class
 if TYPE_CHECKING:
     from taskq.backend.base import ResultBackend
     from taskq.broker import Broker
+    from taskq.canvas import Signature
+    from taskq.result import GroupResult
 
 logger = logging.getLogger("taskq.app")
 _AsyncResult = AsyncResult  # the method App.AsyncResult shadows the class inside the class body
@@ -212,6 +214,31 @@ class App:
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult[Any]:  # noqa: N802
         return AsyncResult(task_id, app=self, **kwargs)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature bound to this app: ``app.signature("tasks.add", args=(2, 2), countdown=10)``."""
+        from taskq.canvas import signature
+
+        kwargs["app"] = self
+        return signature(*args, **kwargs)
+
+    @property
+    def GroupResult(self) -> type[GroupResult]:  # noqa: N802 - Celery's name
+        """``app.GroupResult(id, results)`` and ``app.GroupResult.restore(id)``, bound to this app."""
+        from taskq.result import GroupResult
+
+        app = self
+
+        class AppGroupResult(GroupResult):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("app", app)
+                super().__init__(*args, **kwargs)
+
+            @classmethod
+            def restore(cls, id: str, backend: Any = None, app: Any = app) -> GroupResult | None:  # noqa: A002
+                return GroupResult.restore(id, backend=backend, app=app)
+
+        return AppGroupResult
 
     def close(self) -> None:
         """Release broker and backend connections (they reopen on next use)."""

@@ -131,6 +131,10 @@ class Signature(dict[str, Any]):
         right = other.tasks if isinstance(other, chain) else [other]
         return chain(*left, *right, app=self._app)
 
+    def __invert__(self) -> Any:
+        """``~sig``: send it and wait for its value (Celery's shortcut)."""
+        return self.apply_async().get()
+
     def __repr__(self) -> str:
         args = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
         return f"{self.task}({args}){'!' if self.immutable else ''}"
@@ -174,7 +178,10 @@ class Signature(dict[str, Any]):
         self.options.setdefault("link_error", []).append(errback)
         return errback
 
-    on_error = link_error
+    def on_error(self, errback: Mapping[str, Any]) -> Signature:
+        """``link_error`` that returns this signature, for chaining: ``add.s(2, 2).on_error(e.s()).delay()``."""
+        self.link_error(errback)
+        return self
 
     # -- calling ----------------------------------------------------------------------------
     def apply_async(

@@ -78,6 +78,10 @@ class chain(_Composite):  # noqa: N801 - Celery's name
     def tasks(self) -> list[Signature]:
         return _sigs(self.kwargs.get("tasks", ()), self._app)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``chain(a, b)()`` sends the chain, as Celery's does (a task signature runs here)."""
+        return self.apply_async(args, kwargs)
+
     def _prepared(self) -> list[Signature]:
         """Steps with ``group | task`` upgraded to a chord, as Celery does inside a chain."""
         steps, out = self.tasks, []
@@ -105,14 +109,20 @@ class chain(_Composite):  # noqa: N801 - Celery's name
         steps = self._prepared()
         if not steps:
             raise ValueError("a chain needs at least one step")
-        results = [step.freeze() for step in steps]
+        # The chain's id (``_id``, or ``task_id`` given to the chain) is its last step's, as in Celery.
+        last_id = _id or self.options.get("task_id")
+        results = [step.freeze() for step in steps[:-1]] + [steps[-1].freeze(last_id)]
         for parent, child in itertools.pairwise(results):
-            child.parent = parent  # each result knows its parent: the chain walks back
+            node = child  # a chord step's result already has its header as parent: link above that
+            while node.parent is not None:
+                node = node.parent
+            node.parent = parent  # each result knows its parent: the chain walks back
         last = steps[-1].options
         for key, value in (("group_id", group_id), ("group_index", group_index), ("chord", chord)):
             if value is not None:
                 last[key] = value
         self["kwargs"] = {**self.kwargs, "tasks": [dict(step) for step in steps]}
+        self.options["task_id"] = results[-1].id
         return results[-1]
 
     def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
@@ -121,7 +131,7 @@ class chain(_Composite):  # noqa: N801 - Celery's name
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         membership = {k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options}
-        result = self.freeze(**membership)
+        result = self.freeze(options.pop("task_id", None), **membership)
         first, *rest = self.tasks
         inherited_chain = options.pop("chain", None) or []
         first.apply_async(args, kwargs, chain=[dict(step) for step in reversed(rest)] + list(inherited_chain) or None,
@@ -156,6 +166,20 @@ class group(_Composite):  # noqa: N801
     def tasks(self) -> list[Signature]:
         return _sigs(self.kwargs.get("tasks", ()), self._app)
 
+    def __call__(self, *args: Any, **options: Any) -> Any:
+        """``group(...)()`` sends the group, as Celery's does."""
+        return self.apply_async(args, **options)
+
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> group:
+        """Stagger the members: countdown ``start``, ``start + step``, ... up to ``stop`` (Celery's)."""
+        tasks, countdown = self.tasks, float(start)
+        for task in tasks:
+            task.set(countdown=countdown)
+            if not stop or countdown + step <= stop:
+                countdown += step
+        self["kwargs"] = {**self.kwargs, "tasks": [dict(t) for t in tasks]}
+        return self
+
     def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                     **options: Any) -> Any:  # fmt: skip
         from taskq.result import GroupResult
@@ -185,14 +209,39 @@ class group(_Composite):  # noqa: N801
         results = [member.apply(args, kwargs, **options) for member in self.tasks]
         return GroupResult(group_id, results, app=self.app)
 
-    def freeze(self, _id: str | None = None, *args: Any, **kwargs: Any) -> Any:
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Any = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Any:
+        """Fix the group id and every member's id, as Celery's ``group.freeze``.
+
+        The group's options get ``task_id``, ``root_id`` and ``parent_id``; each member its
+        ``task_id``, ``reply_to`` and ``group_index`` (its ``group_id`` is set when sent).
+        """
         from taskq.result import GroupResult
 
-        group_id = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
+        opts = self.options
+        gid = opts.setdefault("task_id", _id or str(uuid.uuid4()))
+        if group_id:
+            opts["group_id"] = group_id
+        if chord:
+            opts["chord"] = chord
+        if group_index is not None:
+            opts["group_index"] = group_index
+        root_id = opts.setdefault("root_id", root_id)
+        parent_id = opts.setdefault("parent_id", parent_id)
         tasks = self.tasks
-        results = [m.freeze(group_id=group_id, group_index=i) for i, m in enumerate(tasks)]
+        results = [
+            m.freeze(group_id=group_id, chord=chord, root_id=root_id, parent_id=parent_id, group_index=i)
+            for i, m in enumerate(tasks)
+        ]
         self["kwargs"] = {**self.kwargs, "tasks": [dict(m) for m in tasks]}  # keep the frozen ids
-        return GroupResult(group_id, results, app=self.app)
+        return GroupResult(gid, results, app=self.app)
 
 
 class chord(_Composite):  # noqa: N801
@@ -207,7 +256,10 @@ class chord(_Composite):  # noqa: N801
         head = header if isinstance(header, group) else group(*_sigs(header or (), app), app=app)
         kwargs = {"kwargs": {}, "header": dict(head), "body": dict(body) if body is not None else None}
         super().__init__("celery.chord", (), kwargs, options, subtask_type="chord", app=app)
-        self._app = app or head._app
+        body_app = None
+        if isinstance(body, Signature):  # an empty header has no app: the body's then
+            body_app = body._app or (body._type.app if body._type else None)
+        self._app = app or head._app or body_app
 
     @property
     def header(self) -> group:
@@ -218,17 +270,37 @@ class chord(_Composite):  # noqa: N801
         body = self.kwargs.get("body")
         return from_dict(body, self._app) if body is not None else None
 
-    def freeze(self, _id: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Fix the header's group id and the body's task id; the chord's result is the body's."""
-        group_id = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Any = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Any:
+        """Fix the header's ids (its group id is the chord's) and the body's, as Celery does.
+
+        The chord's result is the body's, whose parent is the header's GroupResult. The body
+        gets the chord's group id only when the chord runs (``apply_async``).
+        """
         body = self.body
         if body is None:
             raise ValueError("a chord needs a body")
-        result = body.freeze(group_id=group_id)
-        self["kwargs"] = {**self.kwargs, "body": dict(body)}
+        header = self.header
+        header_result = header.freeze(self.options.get("task_id"), root_id=root_id, parent_id=parent_id)
+        self.options["task_id"] = header_result.id
+        result = body.freeze(_id, group_id=group_id, chord=chord, root_id=root_id, group_index=group_index)
+        node = result
+        while node.parent is not None:
+            node = node.parent
+        node.parent = header_result
+        self["kwargs"] = {**self.kwargs, "header": dict(header), "body": dict(body)}
         return result
 
     def __call__(self, body: Sig | None = None, **options: Any) -> Any:  # chord(header)(body)
+        if body is None:  # (group | task)(): the chord's own body
+            return self.apply_async(**options)
         return chord(self.header, body, app=self._app, **options).apply_async()
 
     def apply_async(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,

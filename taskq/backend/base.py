@@ -151,6 +151,11 @@ class ResultBackend:
             if self.serializer == "pickle":
                 return result
             return exception_to_dict(result, self.encode)
+        if self.serializer != "pickle":
+            from taskq.result import AsyncResult, GroupResult
+
+            if isinstance(result, (AsyncResult, GroupResult)):  # a task returned a result: its tuple
+                return result.as_tuple()
         return result
 
     def exception_from_meta(self, meta: Mapping[str, Any]) -> BaseException:

@@ -157,8 +157,17 @@ def _on_reject(task: Task[Any, Any], context: Context, exc: Reject, backend: Any
 def _send_callbacks(task: Task[Any, Any], context: Context, retval: Any) -> None:
     """``link`` callbacks get the return value first in their args; then the next chain step."""
     app = task.app
-    for callback in context.callbacks or ():
-        _follow_up(lambda cb=callback: Signature.from_dict(cb, app).apply_async((retval,)))
+    callbacks = [Signature.from_dict(cb, app) for cb in context.callbacks or ()]
+    if len(callbacks) == 1:
+        _follow_up(lambda: callbacks[0].apply_async((retval,)))
+    elif callbacks:  # Celery 5.7: groups on their own, the other callbacks together as one group
+        from taskq.workflows import group
+
+        plain = [cb for cb in callbacks if not isinstance(cb, group)]
+        for grouped in (cb for cb in callbacks if isinstance(cb, group)):
+            _follow_up(lambda g=grouped: g.apply_async((retval,)))
+        if plain:
+            _follow_up(lambda: group(*plain, app=app).apply_async((retval,)))
     if context.chain:
         rest = list(context.chain)
         step = Signature.from_dict(rest.pop(), app)
@@ -168,13 +177,18 @@ def _send_callbacks(task: Task[Any, Any], context: Context, retval: Any) -> None
 def _send_errbacks(task: Task[Any, Any], context: Context, exc: BaseException, traceback: str | None) -> None:
     """Errbacks taking (request, exc, traceback) run here, inline; old ones get the task id."""
     app = task.app
+    old_style = []
     for errback in context.errbacks or ():
         sig = Signature.from_dict(errback, app)
         handler = app.tasks.get(sig.task)
         if handler is not None and _positional_count(handler.run) > 1:
             _follow_up(lambda s=sig: s(context, exc, traceback))
         else:
-            _follow_up(lambda s=sig: s.apply_async((context.id,)))
+            old_style.append(sig)
+    if old_style:  # Celery 5.7 sends them together, as one group, with the failed task's id
+        from taskq.workflows import group
+
+        _follow_up(lambda: group(*old_style, app=app).apply_async((context.id,)))
 
 
 def _positional_count(fn: Any) -> int:
