@@ -8,7 +8,6 @@ and eagerly, and compares the result with a direct evaluation of the same tree.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +19,9 @@ from hypothesis import strategies as st
 from taskq import Celery
 from taskq.backend.memory import MemoryBackend
 from taskq.canvas import Signature
-from taskq.worker.worker import Worker
 from taskq.workflows import chain, chord, group
+
+from .support import Running
 
 EXAMPLES = int(os.environ.get("TASKQ_CANVAS_EXAMPLES", "25"))
 
@@ -97,23 +97,6 @@ def top_level() -> st.SearchStrategy[tuple[Callable[[Celery], Signature], Callab
         lambda ns: ((lambda app: group(*(n[0](app) for n in ns), app=app)), lambda: [n[1](None) for n in ns])
     )
     return st.one_of(single, many)
-
-
-class Running:
-    def __init__(self, app: Celery) -> None:
-        self.worker = Worker(app, pool="threads", concurrency=4)
-        self.worker.consumer.idle_wait = 0.05
-        self.thread = threading.Thread(
-            target=self.worker.start, kwargs={"install_signals": False}, daemon=True
-        )
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.worker.stop()
-        self.thread.join(10)
 
 
 @pytest.fixture(params=["memory", "redis"])
