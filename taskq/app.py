@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from taskq.backend.base import ResultBackend
     from taskq.broker import Broker
     from taskq.canvas import Signature
+    from taskq.control import Control
     from taskq.result import GroupResult
 
 logger = logging.getLogger("taskq.app")
@@ -83,6 +84,7 @@ class App:
         self.tasks = TaskRegistry()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
+        self._control: Control | None = None
         self._pending_autodiscover: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
         # Celery's app signals: receivers add periodic tasks (add_periodic_task) and the like.
@@ -214,6 +216,15 @@ class App:
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult[Any]:  # noqa: N802
         return AsyncResult(task_id, app=self, **kwargs)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers (``revoke``, ``ping``, ``broadcast``)."""
+        if self._control is None:
+            from taskq.control import Control
+
+            self._control = Control(self)
+        return self._control
 
     def signature(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature bound to this app: ``app.signature("tasks.add", args=(2, 2), countdown=10)``."""

@@ -192,6 +192,10 @@ class AsyncResult(Generic[R]):
                     raise
                 on_error(exc)
 
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM", **kwargs: Any) -> None:
+        """Ask every worker not to run this task (REVOKED is stored while it is still pending)."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal, **kwargs)
+
     def forget(self) -> None:
         """Delete the stored result."""
         self._cache = None
@@ -328,6 +332,10 @@ class ResultSet:
     def forget(self) -> None:
         for result in self.results:
             result.forget()
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM", **kwargs: Any) -> None:
+        """Revoke every member with one broadcast."""
+        self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal, **kwargs)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"

@@ -25,6 +25,7 @@ from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
 from taskq.exceptions import NotRegistered, OperationalError, TaskRevokedError
 from taskq.message import parse
+from taskq.worker.control import Revoked
 from taskq.worker.execute import Outcome, describe, execute
 from taskq.worker.pools import Pool
 from taskq.worker.request import Request
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from taskq.app import App
 
 logger = logging.getLogger("taskq.worker")
+# States a revoke may overwrite in the result backend (Celery 5.7): not started, or waiting to retry.
+REVOCABLE_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
 ACTIVE_TICK = 0.005  # longest a finished task waits for its ack and for its slot to be refilled
 
 
@@ -68,6 +71,9 @@ class Consumer:
         self.processed = 0
         #: longest a drain blocks while nothing runs: how soon an idle worker notices stop()
         self.idle_wait = 1.0
+        self.revoked = Revoked()
+        self.remote_control = bool(app.conf.worker_enable_remote_control)
+        self._pidbox: KombuConsumer | None = None
         self.recoverable_errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
 
     # -- connection -------------------------------------------------------------------------
@@ -101,6 +107,10 @@ class Consumer:
         )
         self._apply_qos()
         self._kombu_consumer.consume()
+        if self.remote_control:
+            from taskq.worker.control import listen
+
+            self._pidbox = listen(self, self.connection)
         logger.info("Connected to %s", broker.masked_url)
 
     def _apply_qos(self) -> None:
@@ -108,6 +118,12 @@ class Consumer:
             self._kombu_consumer.qos(prefetch_count=self.prefetch_count + self._qos_extra)
 
     def close(self) -> None:
+        if self._pidbox is not None:
+            try:
+                self._pidbox.cancel()
+            except self.recoverable_errors:
+                pass
+            self._pidbox = None
         if self._kombu_consumer is not None:
             try:
                 self._kombu_consumer.cancel()
@@ -162,7 +178,7 @@ class Consumer:
         request = Request(message, req, task, self.hostname)
         signals.task_received.send(sender=self, request=request)
         logger.info("Task %s[%s] received", request.name, request.id)
-        if self._expired(request):
+        if self._discard_revoked(request) or self._expired(request):
             return
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
             heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
@@ -184,6 +200,41 @@ class Consumer:
         if not req.ignore_result:
             self._store_quietly(req.id, NotRegistered(req.name), states.FAILURE)
 
+    def revoke(self, task_ids: list[str], terminate: bool = False) -> None:
+        """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
+        for task_id in task_ids:
+            self.revoked.add(task_id)
+            try:
+                if self.app.backend.get_task_meta(task_id)["status"] in REVOCABLE_STATES:
+                    self.app.backend.mark_as_revoked(task_id, "revoked")
+            except Exception as exc:  # results may be disabled or down; the revoke still holds here
+                logger.debug("could not mark %s REVOKED: %r", task_id, exc)
+        held = [r for r in self.ready if r.id in self.revoked]
+        held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
+        for request in held:
+            self._discard_revoked(request)
+        if held:
+            self.ready = deque(r for r in self.ready if r not in held)
+            self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
+            heapq.heapify(self.eta_heap)
+        running = [r.id for r in self.active if r.id in self.revoked]
+        if terminate and running:
+            logger.warning("revoke(terminate=True): %s pool cannot stop running tasks %s", self.pool, running)
+
+    def _discard_revoked(self, request: Request) -> bool:
+        if request.id not in self.revoked:
+            return False
+        logger.info("Discarding revoked task %s[%s]", request.name, request.id)
+        request.ack()
+        signals.task_revoked.send(
+            sender=request.task, request=request.context(), terminated=False, signum=None, expired=False
+        )
+        if not request.req.ignore_result:
+            self._store_quietly(request.id, "revoked", states.REVOKED, request)
+        if request.req.chord:
+            self._chord_part_revoked(request, "revoked")
+        return True
+
     def _expired(self, request: Request) -> bool:
         expires = request.req.expires
         if expires is None or expires > datetime.now(timezone.utc):
@@ -195,14 +246,16 @@ class Consumer:
         )
         if not request.req.ignore_result:
             self._store_quietly(request.id, "expired", states.REVOKED, request)
-        if request.req.chord:  # a chord must not wait forever for a member that will not run
-            try:
-                self.app.backend.on_chord_part_return(
-                    request.context(), states.REVOKED, TaskRevokedError("expired")
-                )
-            except Exception as exc:
-                logger.warning("could not report expired chord member %s: %r", request, exc)
+        if request.req.chord:
+            self._chord_part_revoked(request, "expired")
         return True
+
+    def _chord_part_revoked(self, request: Request, reason: str) -> None:
+        """A chord must not wait forever for a member that will not run."""
+        try:
+            self.app.backend.on_chord_part_return(request.context(), states.REVOKED, TaskRevokedError(reason))
+        except Exception as exc:
+            logger.warning("could not report %s chord member %s: %r", reason, request, exc)
 
     def _store_quietly(self, task_id: str, value: Any, state: str, request: Request | None = None) -> None:
         try:
@@ -229,7 +282,7 @@ class Consumer:
     def _dispatch(self) -> None:
         while self.ready and self.pool.free_slots > 0 and not self.stopping:
             request = self.ready.popleft()
-            if self._expired(request):
+            if self._discard_revoked(request) or self._expired(request):
                 continue
             if not request.acks_late:
                 request.ack()
