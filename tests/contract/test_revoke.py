@@ -121,6 +121,8 @@ def test_celery_client_revokes_on_a_taskq_worker(redis_url: str) -> None:
         while task_id not in node.consumer.revoked and time.monotonic() < deadline:
             time.sleep(0.02)
         assert task_id in node.consumer.revoked
+        while client.AsyncResult(task_id).state != "REVOKED" and time.monotonic() < deadline:
+            time.sleep(0.02)  # the id is remembered first, then REVOKED is stored
         assert client.AsyncResult(task_id).state == "REVOKED"
     finally:
         client.close()

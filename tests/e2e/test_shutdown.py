@@ -27,8 +27,12 @@ app = Celery(
     backend={url!r},
     task_default_queue={queue!r},
     # kombu's Redis transport gives unacked messages back after visibility_timeout; scan for
-    # them on every idle poll instead of every tenth, so the test does not wait for it.
-    broker_transport_options={{"visibility_timeout": 2, "unacked_restore_throttle": 1}},
+    # them on every idle poll instead of every tenth, so the test does not wait for it. A worker
+    # SIGKILLed during its own scan leaves kombu's restore mutex behind for
+    # unacked_mutex_expire (300 s by default): keep that short too, or the test waits on it.
+    broker_transport_options={{
+        "visibility_timeout": 2, "unacked_restore_throttle": 1, "unacked_mutex_expire": 2,
+    }},
 )
 
 
