@@ -178,7 +178,7 @@ class Consumer:
         request = Request(message, req, task, self.hostname)
         signals.task_received.send(sender=self, request=request)
         logger.info("Task %s[%s] received", request.name, request.id)
-        if self._discard_revoked(request) or self._expired(request):
+        if self._skip(request):
             return
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
             heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
@@ -212,7 +212,7 @@ class Consumer:
         held = [r for r in self.ready if r.id in self.revoked]
         held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
         for request in held:
-            self._discard_revoked(request)
+            self._discard(request, "revoked")
         if held:
             self.ready = deque(r for r in self.ready if r not in held)
             self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
@@ -221,41 +221,34 @@ class Consumer:
         if terminate and running:
             logger.warning("revoke(terminate=True): %s pool cannot stop running tasks %s", self.pool, running)
 
-    def _discard_revoked(self, request: Request) -> bool:
-        if request.id not in self.revoked:
+    def _skip(self, request: Request) -> bool:
+        """Discard a request that must not run (revoked, or past its expiry); True if it was."""
+        if request.id in self.revoked:
+            reason = "revoked"
+        elif request.req.expires is not None and request.req.expires <= datetime.now(timezone.utc):
+            reason = "expired"
+        else:
             return False
-        logger.info("Discarding revoked task %s[%s]", request.name, request.id)
-        request.ack()
-        signals.task_revoked.send(
-            sender=request.task, request=request.context(), terminated=False, signum=None, expired=False
-        )
-        if not request.req.ignore_result:
-            self._store_quietly(request.id, "revoked", states.REVOKED, request)
-        if request.req.chord:
-            self._chord_part_revoked(request, "revoked")
+        self._discard(request, reason)
         return True
 
-    def _expired(self, request: Request) -> bool:
-        expires = request.req.expires
-        if expires is None or expires > datetime.now(timezone.utc):
-            return False
-        logger.info("Discarding expired task %s[%s]", request.name, request.id)
+    def _discard(self, request: Request, reason: str) -> None:
+        """Ack without running, store REVOKED, and release a chord waiting for this member."""
+        logger.info("Discarding %s task %s[%s]", reason, request.name, request.id)
         request.ack()
         signals.task_revoked.send(
-            sender=request.task, request=request.context(), terminated=False, signum=None, expired=True
-        )
+            sender=request.task, request=request.context(), terminated=False, signum=None,
+            expired=reason == "expired",
+        )  # fmt: skip
         if not request.req.ignore_result:
-            self._store_quietly(request.id, "expired", states.REVOKED, request)
-        if request.req.chord:
-            self._chord_part_revoked(request, "expired")
-        return True
-
-    def _chord_part_revoked(self, request: Request, reason: str) -> None:
-        """A chord must not wait forever for a member that will not run."""
-        try:
-            self.app.backend.on_chord_part_return(request.context(), states.REVOKED, TaskRevokedError(reason))
-        except Exception as exc:
-            logger.warning("could not report %s chord member %s: %r", reason, request, exc)
+            self._store_quietly(request.id, reason, states.REVOKED, request)
+        if request.req.chord:  # a chord must not wait forever for a member that will not run
+            try:
+                self.app.backend.on_chord_part_return(
+                    request.context(), states.REVOKED, TaskRevokedError(reason)
+                )
+            except Exception as exc:
+                logger.warning("could not report %s chord member %s: %r", reason, request, exc)
 
     def _store_quietly(self, task_id: str, value: Any, state: str, request: Request | None = None) -> None:
         try:
@@ -275,14 +268,14 @@ class Consumer:
             _, _, request = heapq.heappop(self.eta_heap)
             self._qos_extra -= 1
             self._apply_qos()
-            if not self._expired(request):
+            if not self._skip(request):
                 self.ready.append(request)
         return self.eta_heap[0][0] - now if self.eta_heap else None
 
     def _dispatch(self) -> None:
         while self.ready and self.pool.free_slots > 0 and not self.stopping:
             request = self.ready.popleft()
-            if self._discard_revoked(request) or self._expired(request):
+            if self._skip(request):
                 continue
             if not request.acks_late:
                 request.ack()
