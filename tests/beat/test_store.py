@@ -129,6 +129,9 @@ def test_check_writable(tmp_path: Path) -> None:
 def persistent(app: App, clock: FakeClock, path: Path) -> PersistentScheduler:
     scheduler = PersistentScheduler(app, schedule_filename=str(path), max_interval=5)
     scheduler.clock = clock.monotonic  # type: ignore[method-assign]
+    # It read the real monotonic clock when built; on a machine up for less than the fake
+    # clock's start, every tick would look overdue for a time-based sync.
+    scheduler._last_sync = scheduler.clock()
     return scheduler
 
 
