@@ -220,12 +220,12 @@ CELERY_SETTINGS: dict[str, tuple[str, Any]] = {
     "worker_lost_wait": ("CELERYD_WORKER_LOST_WAIT", 10.0),
     "worker_max_memory_per_child": ("CELERYD_MAX_MEMORY_PER_CHILD", None),
     "worker_max_tasks_per_child": ("CELERYD_MAX_TASKS_PER_CHILD", None),
-    # prefork is Celery's default; taskq's worker defaults to threads until its prefork pool lands.
-    "worker_pool": ("CELERYD_POOL", "threads"),
+    "worker_pool": ("CELERYD_POOL", "prefork"),
     "worker_pool_putlocks": ("CELERYD_POOL_PUTLOCKS", True),
     "worker_pool_restarts": ("CELERYD_POOL_RESTARTS", False),
     "worker_pool_start_method": ("CELERYD_POOL_START_METHOD", "fork"),
-    "worker_prefetch_multiplier": ("CELERYD_PREFETCH_MULTIPLIER", 4),
+    # 1, not Celery's 4: fair scheduling by default, a busy worker does not hoard short tasks.
+    "worker_prefetch_multiplier": ("CELERYD_PREFETCH_MULTIPLIER", 1),
     "worker_proc_alive_timeout": ("CELERYD_PROC_ALIVE_TIMEOUT", 4.0),
     "worker_redirect_stdouts": ("CELERY_REDIRECT_STDOUTS", True),
     "worker_redirect_stdouts_level": ("CELERY_REDIRECT_STDOUTS_LEVEL", "WARNING"),
@@ -250,4 +250,8 @@ TASKQ_SETTINGS: dict[str, Any] = {
     # Celery reads these with conf.get() although celery.app.defaults does not list them.
     "redis_backend_health_check_interval": None,
     "result_backend_thread_safe": False,
+    # How long a warm shutdown waits for running tasks before stopping them (None: as long as
+    # they take, Celery's behaviour). Stopped tasks are not marked FAILURE: acks_late ones are
+    # delivered again, early-acked ones are lost as at-most-once allows.
+    "worker_warm_shutdown_timeout": None,
 }

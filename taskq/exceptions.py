@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import billiard.exceptions as _billiard_exceptions
+
 
 class TaskqError(Exception):
     """Base of taskq's own errors."""
@@ -134,16 +136,13 @@ class ChordError(TaskqError):
     """A task of a chord header failed, so the chord body cannot run."""
 
 
-class SoftTimeLimitExceeded(Exception):
-    """Raised inside a task when its soft time limit is reached."""
-
-
-class TimeLimitExceeded(Exception):
-    """The task ran past its hard time limit and was killed."""
-
-
-class WorkerLostError(Exception):
-    """The process running the task died before reporting."""
+# billiard's own classes, as in Celery: the prefork pool raises them inside the child (soft
+# limit) or hands them to the parent (hard limit, lost child), and user code catches them by these
+# names. Terminated is what a task killed by ``revoke(terminate=True)`` ends with.
+SoftTimeLimitExceeded = _billiard_exceptions.SoftTimeLimitExceeded
+TimeLimitExceeded = _billiard_exceptions.TimeLimitExceeded
+WorkerLostError = _billiard_exceptions.WorkerLostError
+Terminated = _billiard_exceptions.Terminated
 
 
 class WorkerShutdown(SystemExit):
@@ -178,6 +177,7 @@ CELERY_MODULE_OF.update(
         "SoftTimeLimitExceeded": "billiard.exceptions",
         "TimeLimitExceeded": "billiard.exceptions",
         "WorkerLostError": "billiard.exceptions",
+        "Terminated": "billiard.exceptions",
     }
 )
 

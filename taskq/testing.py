@@ -96,6 +96,8 @@ class RunningWorker:
         from taskq.worker.worker import Worker
 
         options.setdefault("hostname", f"taskq-test-{uuid.uuid4().hex[:8]}@%h")
+        # In-process by default: children of a prefork pool could not see an in-memory broker.
+        options.setdefault("pool", "threads")
         self.app = app
         self.worker: Worker = Worker(app, **options)
         self.hostname = self.worker.hostname

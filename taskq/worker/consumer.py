@@ -12,7 +12,9 @@ import heapq
 import itertools
 import logging
 import queue
+import signal as signal_module
 import time
+import types
 from collections import deque
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -20,14 +22,23 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer as KombuConsumer
 from kombu import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport.virtual import QoS as VirtualQoS
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
-from taskq.exceptions import NotRegistered, OperationalError, TaskRevokedError
+from taskq.exceptions import (
+    NotRegistered,
+    OperationalError,
+    TaskRevokedError,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from taskq.message import parse
 from taskq.worker.control import Revoked
-from taskq.worker.execute import Outcome, describe, execute
-from taskq.worker.pools import Pool
+from taskq.worker.execute import Outcome, describe, fail
+from taskq.worker.pools import Job, Pool
+from taskq.worker.ratelimit import RATE_LIMITED_HELD_MAX, RateLimits
 from taskq.worker.request import Request
 
 if TYPE_CHECKING:
@@ -35,6 +46,7 @@ if TYPE_CHECKING:
     from kombu.message import Message
 
     from taskq.app import App
+    from taskq.worker.autoscale import Autoscaler
 
 logger = logging.getLogger("taskq.worker")
 # States a revoke may overwrite in the result backend (Celery 5.7): not started, or waiting to retry.
@@ -51,13 +63,20 @@ class Consumer:
         pool: Pool,
         queues: list[Queue],
         hostname: str,
-        prefetch_multiplier: int = 4,
+        prefetch_multiplier: int = 1,
     ) -> None:
         self.app = app
         self.pool = pool
         self.queues = queues
         self.hostname = hostname
-        self.prefetch_count = max(pool.limit * max(prefetch_multiplier, 0), 0)
+        #: messages reserved per free pool slot; 0 means no bound (Celery's meaning)
+        self.prefetch_multiplier = max(prefetch_multiplier, 0)
+        self.prefetch_count = pool.limit * self.prefetch_multiplier
+        self.eta_limit: int | None = app.conf.worker_eta_task_limit or None
+        self.rate_limits = RateLimits(app, enabled=not app.conf.worker_disable_rate_limits)
+        self.warm_shutdown_timeout: float | None = app.conf.worker_warm_shutdown_timeout
+        #: resizes the pool; the slots it may still add are fetched for too, or demand never shows
+        self.autoscaler: Autoscaler | None = None
         self.accept = set(app.conf.accept_content or ["json"])
         self.completions: queue.SimpleQueue[tuple[Request, Outcome | BaseException]] = queue.SimpleQueue()
         self.ready: deque[Request] = deque()
@@ -93,11 +112,19 @@ class Consumer:
                 broker.masked_url, exc, interval, next(attempts), max_retries or "inf",
             )  # fmt: skip
 
+        def interrupt() -> None:  # kombu calls it about once a second while backing off
+            if self.stopping:
+                raise InterruptedError("the worker is stopping")
+
         try:
             self.connection.ensure_connection(
-                errback=errback, max_retries=max_retries, interval_start=2, interval_step=2, interval_max=30
-            )
+                errback=errback, max_retries=max_retries, interval_start=2, interval_step=2, interval_max=30,
+                callback=interrupt,
+            )  # fmt: skip
         except CONNECTION_ERRORS + tuple(self.connection.connection_errors) as exc:
+            if self.stopping and not startup:  # a stop during an outage must not wait it out
+                logger.warning("Stopped while reconnecting to %s", broker.masked_url)
+                return
             raise OperationalError(f"cannot connect to {broker.masked_url}: {exc}") from exc
         self.recoverable_errors = tuple(self.connection.connection_errors) + CONNECTION_ERRORS
         channel = self.connection.default_channel
@@ -106,16 +133,73 @@ class Consumer:
             channel, queues=self.queues, on_message=self.on_message, accept=self.accept
         )
         self._apply_qos()
+        self._limit_fetching(channel)
         self._kombu_consumer.consume()
+        self._pidbox_retry_at = 0.0  # while remote control is closed: when to try again
         if self.remote_control:
             from taskq.worker.control import listen
 
-            self._pidbox = listen(self, self.connection)
+            try:
+                self._pidbox = listen(self, self.connection)
+            except tuple(self.connection.channel_errors) as exc:  # the old connection holds it
+                self._pidbox_retry_at = time.monotonic() + 5.0
+                logger.warning("Remote control unavailable: %s. Trying again in 5 s", exc)
         logger.info("Connected to %s", broker.masked_url)
+
+    def _limit_fetching(self, channel: Any) -> None:
+        """On transports the client polls (Redis, SQLite, ...), fetch only for free slots.
+
+        Their QoS counts unacked messages only, and an early-acked running task is acked: left
+        alone, a worker whose slots are all busy would still reserve ``prefetch_count`` more
+        that then wait behind long tasks while other workers idle. (AMQP pushes; there the
+        broker's ``basic.qos`` bounds it, see docs/worker.md.)
+        """
+        qos = getattr(channel, "qos", None)
+        if not self.prefetch_multiplier or not isinstance(qos, VirtualQoS):
+            return
+        unacked_ok = qos.can_consume
+
+        def can_consume(_self: Any) -> bool:
+            return self.wants_more() and unacked_ok()
+
+        qos.can_consume = types.MethodType(can_consume, qos)  # type: ignore[method-assign]  # Celery's worker_disable_prefetch does the same
+
+    def wants_more(self) -> bool:
+        """Whether to reserve another message now (see docs/worker.md, "Prefetch")."""
+        if not self.prefetch_multiplier:
+            return True
+        if self.rate_limits.held >= RATE_LIMITED_HELD_MAX:
+            return False
+        # Rate-limited messages waiting for their token are not counted here: they must not
+        # stop this worker from fetching the other tasks behind them.
+        headroom = self.autoscaler.headroom if self.autoscaler is not None else 0
+        # Multiplier 1: a message only for a free slot (fair). N > 1 also keeps (N - 1) x the
+        # pool's size reserved ahead, Celery's prefetch, for fewer round trips.
+        ahead = (self.prefetch_multiplier - 1) * self.pool.limit
+        return len(self.ready) < self.pool.free_slots + headroom + ahead
+
+    def _sync_qos(self) -> None:
+        """Widen the prefetch window by the messages held waiting for a time (an ETA, up to
+        ``eta_limit``, or a rate-limit token): they must not hold the pool's slots hostage."""
+        eta = len(self.eta_heap) if self.eta_limit is None else min(len(self.eta_heap), self.eta_limit)
+        held = eta + self.rate_limits.held
+        if self._qos_extra != held:
+            self._qos_extra = held
+            self._apply_qos()
 
     def _apply_qos(self) -> None:
         if self._kombu_consumer is not None and self.prefetch_count:
-            self._kombu_consumer.qos(prefetch_count=self.prefetch_count + self._qos_extra)
+            self._kombu_consumer.qos(
+                prefetch_count=self.prefetch_count + self._qos_extra, apply_global=self._qos_global()
+            )
+
+    def _qos_global(self) -> bool:
+        """RabbitMQ >= 3.3 applies a non-global prefetch to consumers created after it only, so
+        widening it for held ETA messages needs the channel-wide (global) flag, as in Celery;
+        quorum queues refuse global QoS and keep the per-consumer form."""
+        if self.connection is None or self.connection.qos_semantics_matches_spec:
+            return False
+        return not any((q.queue_arguments or {}).get("x-queue-type") == "quorum" for q in self.queues)
 
     def close(self) -> None:
         if self._pidbox is not None:
@@ -182,8 +266,9 @@ class Consumer:
             return
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
             heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
-            self._qos_extra += 1  # an ETA message must not hold a prefetch slot hostage
-            self._apply_qos()
+            # Past eta_limit an ETA message holds a prefetch slot, so a flood of ETA tasks
+            # stops the fetching instead of growing memory.
+            self._sync_qos()
             return
         self.ready.append(request)
 
@@ -200,7 +285,7 @@ class Consumer:
         if not req.ignore_result:
             self._store_quietly(req.id, NotRegistered(req.name), states.FAILURE)
 
-    def revoke(self, task_ids: list[str], terminate: bool = False) -> None:
+    def revoke(self, task_ids: list[str], terminate: bool = False, signal: str | int | None = None) -> None:
         """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
         for task_id in task_ids:
             self.revoked.add(task_id)
@@ -211,15 +296,26 @@ class Consumer:
                 logger.debug("could not mark %s REVOKED: %r", task_id, exc)
         held = [r for r in self.ready if r.id in self.revoked]
         held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
+        held += self.rate_limits.remove(lambda r: r.id not in self.revoked)
         for request in held:
             self._discard(request, "revoked")
         if held:
             self.ready = deque(r for r in self.ready if r not in held)
             self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
             heapq.heapify(self.eta_heap)
-        running = [r.id for r in self.active if r.id in self.revoked]
-        if terminate and running:
-            logger.warning("revoke(terminate=True): %s pool cannot stop running tasks %s", self.pool, running)
+            self._sync_qos()
+        if terminate:
+            signum = signal_number(signal)
+            for request in [r for r in self.active if r.id in self.revoked and r.job is not None]:
+                assert request.job is not None
+                if self.pool.terminate(request.job, signum):
+                    logger.info("Terminating %s (%s)", request, signal_module.Signals(signum).name)
+                else:
+                    logger.warning(
+                        "revoke(terminate=True): the %s pool cannot stop %s",
+                        type(self.pool).__name__,
+                        request,
+                    )
 
     def _skip(self, request: Request) -> bool:
         """Discard a request that must not run (revoked, or past its expiry); True if it was."""
@@ -232,12 +328,12 @@ class Consumer:
         self._discard(request, reason)
         return True
 
-    def _discard(self, request: Request, reason: str) -> None:
-        """Ack without running, store REVOKED, and release a chord waiting for this member."""
+    def _discard(self, request: Request, reason: str, signum: int | None = None) -> None:
+        """Ack without running (or after terminating), store REVOKED, release a waiting chord."""
         logger.info("Discarding %s task %s[%s]", reason, request.name, request.id)
         request.ack()
         signals.task_revoked.send(
-            sender=request.task, request=request.context(), terminated=False, signum=None,
+            sender=request.task, request=request.context(), terminated=signum is not None, signum=signum,
             expired=reason == "expired",
         )  # fmt: skip
         if not request.req.ignore_result:
@@ -266,26 +362,40 @@ class Consumer:
         now = time.time()
         while self.eta_heap and self.eta_heap[0][0] <= now:
             _, _, request = heapq.heappop(self.eta_heap)
-            self._qos_extra -= 1
-            self._apply_qos()
+            self._sync_qos()
             if not self._skip(request):
                 self.ready.append(request)
         return self.eta_heap[0][0] - now if self.eta_heap else None
 
     def _dispatch(self) -> None:
-        while self.ready and self.pool.free_slots > 0 and not self.stopping:
-            request = self.ready.popleft()
+        while self.pool.free_slots > 0 and not self.stopping:
+            request = self.rate_limits.pop_due()  # a token came: ahead of newer arrivals
+            if request is None:
+                if not self.ready:
+                    return
+                request = self.ready.popleft()
+                if not self.rate_limits.admit(request):
+                    self._sync_qos()
+                    continue
+            else:
+                self._sync_qos()
             if self._skip(request):
                 continue
-            if not request.acks_late:
-                request.ack()
-            self.active.add(request)
-            context = request.context()
-            task = request.task
-            self.pool.apply_async(
-                functools.partial(execute, task, context),
-                functools.partial(self._completed, request),
-            )
+            self._start(request)
+
+    def _start(self, request: Request) -> None:
+        if not request.acks_late:
+            request.ack()
+        self.active.add(request)
+        hard, soft = request.time_limits()
+        request.job = Job(
+            request.task,
+            request.context(),
+            functools.partial(self._completed, request),
+            soft_limit=soft,
+            hard_limit=hard,
+        )
+        self.pool.submit(request.job)
 
     def _completed(self, request: Request, outcome: Outcome | BaseException) -> None:
         """Called in the pool's thread: hand the outcome over to the consumer's thread."""
@@ -294,6 +404,12 @@ class Consumer:
     def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
         self.active.discard(request)
         self.processed += 1
+        if isinstance(outcome, (TimeLimitExceeded, WorkerLostError, Terminated)):
+            try:
+                self._ended_outside(request, outcome)
+            except self.recoverable_errors as exc:
+                logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
+            return
         if isinstance(outcome, BaseException):  # execute() itself failed: a taskq bug
             signals.task_internal_error.send(
                 sender=request.task, task_id=request.id, args=request.req.args, kwargs=request.req.kwargs,
@@ -315,6 +431,39 @@ class Consumer:
         except self.recoverable_errors as exc:
             logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
 
+    def _ended_outside(self, request: Request, exc: BaseException) -> None:
+        """A run the task did not end itself: hard time limit, lost child, or terminate (Celery's rules)."""
+        if self.stopping:  # the shutdown stopped it: not the task's failure, so nothing is recorded
+            logger.warning("%s was stopped by the shutdown (%r); not recorded", request, exc)
+            request.reject(requeue=True)  # only an acks_late message is still ours to give back
+            return
+        if isinstance(exc, Terminated):
+            signum = request.job.terminated if request.job is not None else None
+            self._discard(request, "terminated", signum=signum or signal_module.SIGTERM)
+            return
+        lost = isinstance(exc, WorkerLostError)
+        if lost and self._stored_success(request):
+            logger.warning("%s succeeded before its pool process was lost: %r", request, exc)
+            request.ack()
+            return
+        if lost and request.acks_late and request.reject_on_worker_lost:
+            logger.warning("%s: %s; its message is returned to the queue", request, exc)
+            request.reject(requeue=True)
+            return
+        assert request.job is not None
+        outcome = fail(request.task, request.job.context, exc)
+        logger.log(*describe(outcome, request.name, request.id))
+        if request.acks_on_failure_or_timeout:
+            request.ack()
+        else:  # Celery: a timed-out task goes back to the queue, a lost one is dropped
+            request.reject(requeue=not lost)
+
+    def _stored_success(self, request: Request) -> bool:
+        try:
+            return bool(self.app.backend.get_task_meta(request.id)["status"] == states.SUCCESS)
+        except Exception:  # results disabled or unreachable: assume it did not finish
+            return False
+
     def _drain_completions(self) -> None:
         while True:
             try:
@@ -329,7 +478,12 @@ class Consumer:
         self._drain_completions()
         next_eta = self._promote_due_etas()
         self._dispatch()
-        wait = self.idle_wait if next_eta is None else min(max(next_eta, 0.0), self.idle_wait)
+        if self.autoscaler is not None:
+            self.autoscaler.tick(len(self.active) + len(self.ready) + self.rate_limits.held)
+        wait = self.idle_wait
+        for due in (next_eta, self.rate_limits.next_wait()):
+            if due is not None:
+                wait = min(max(due, 0.0), wait)
         if self.active:
             # Running tasks report back through a queue this thread cannot block on while it
             # blocks on the broker, so it blocks on the broker only briefly.
@@ -339,36 +493,96 @@ class Consumer:
 
     def _drain_broker(self, timeout: float) -> None:
         assert self.connection is not None
+        if self.remote_control and self._pidbox is None and time.monotonic() >= self._pidbox_retry_at:
+            # AMQP: after a silent peer the broker keeps the old connection, and its exclusive
+            # pidbox queue, until it misses our heartbeats; tasks flow meanwhile, commands wait.
+            from taskq.worker.control import listen
+
+            try:
+                self._pidbox = listen(self, self.connection)
+                logger.info("Remote control available again")
+            except tuple(self.connection.channel_errors) as exc:
+                self._pidbox_retry_at = time.monotonic() + 5.0
+                logger.debug("remote control still unavailable: %s", exc)
         try:
             self.connection.drain_events(timeout=timeout)
         except TimeoutError:
             pass
 
     def loop(self) -> None:
-        """Consume until ``stopping``; on connection loss, reconnect and carry on."""
+        """Consume until ``stopping``; on connection loss, reconnect and carry on.
+
+        A reconnect can lose its new connection half-way (the broker flaps while queues are
+        declared): that is one more loss, retried after a pause, not the end of the worker.
+        """
+        lost: BaseException | None = None
         while not self.stopping:
             try:
-                self.step()
+                if lost is None:
+                    self.step()
+                else:
+                    self._on_connection_lost(lost)
+                    lost = None
             except self.recoverable_errors as exc:
-                if self.stopping:
-                    break
-                self._on_connection_lost(exc)
+                if lost is not None:
+                    time.sleep(2.0)  # kombu's first back-off interval: no tight reconnect loop
+                lost = exc
 
     def _on_connection_lost(self, exc: BaseException) -> None:
+        """Reconnect first, and only then let go of the dead connection, without a handshake.
+
+        The requests held here unstarted are forgotten: the broker must deliver them again.
+        AMQP requeued them when the connection died; Redis keeps them in its unacked index,
+        and collecting the old connection restores them, which only works with the server
+        back: collected before the reconnect, they would wait out ``visibility_timeout`` (1 h).
+        No cancel or close is sent on the old connection: a silent peer never answers one.
+        Running tasks keep running; their acks fail on the dead channel and the broker
+        delivers those messages again, as at-least-once allows.
+        """
         logger.error("Connection to broker lost: %r. Reconnecting...", exc)
-        # Unacked messages return to the queue broker-side; forget our copies of them.
         self.ready.clear()
         self.eta_heap.clear()
+        self.rate_limits.clear()
+        lost, self.connection = self.connection, None
+        self._kombu_consumer = self._pidbox = None
         try:
-            self.close()
-        except Exception:  # the connection is already broken
-            pass
-        self.connect()
+            self.connect()
+        finally:
+            if lost is not None:
+                try:
+                    lost.collect()
+                except Exception as error:  # it is dead already; nothing more to do with it
+                    logger.debug("discarding the lost broker connection: %r", error)
 
     def shutdown(self, graceful: bool = True) -> None:
-        """Return waiting messages to the queue, let running tasks finish (warm), disconnect."""
+        """Give back unstarted messages at once; warm: let running tasks finish, then disconnect.
+
+        While running tasks finish, the loop keeps acking them and answering broker heartbeats;
+        past ``worker_warm_shutdown_timeout`` the ones still running are stopped, unrecorded.
+        """
         self.stopping = True
-        waiting = list(self.ready) + [r for _, _, r in self.eta_heap]
+        if self._kombu_consumer is not None:
+            try:
+                self._kombu_consumer.cancel()  # nothing new arrives while we wait
+            except Exception:  # a broken connection cannot cancel; closing will do
+                pass
+        self._return_unstarted()
+        if graceful and self.active:
+            logger.info("Waiting for %d running task(s) to finish", len(self.active))
+            self._wait_for_active(self.warm_shutdown_timeout)
+            if self.active:
+                logger.warning(
+                    "Warm shutdown timeout (%ss) passed: stopping %d running task(s)",
+                    self.warm_shutdown_timeout, len(self.active),
+                )  # fmt: skip
+                graceful = False
+        self.pool.stop(graceful=graceful)
+        self._drain_completions()
+        self._return_unstarted()  # whatever arrived while the cancel travelled
+        self.close()
+
+    def _return_unstarted(self) -> None:
+        waiting = list(self.ready) + [r for _, _, r in self.eta_heap] + self.rate_limits.clear()
         self.ready.clear()
         self.eta_heap.clear()
         for request in waiting:
@@ -378,6 +592,31 @@ class Consumer:
                 pass
         if waiting:
             logger.info("Returned %d unstarted task(s) to the queue", len(waiting))
-        self.pool.stop(graceful=graceful)
-        self._drain_completions()
-        self.close()
+
+    def _wait_for_active(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.active and (deadline is None or time.monotonic() < deadline):
+            try:
+                self._finish(*self.completions.get(timeout=0.1))
+            except queue.Empty:
+                pass
+            if self.connection is not None:
+                try:
+                    self._drain_broker(0)  # acks flush, pidbox answers, heartbeats go out
+                    self.connection.heartbeat_check()
+                except self.recoverable_errors:
+                    pass  # lost now: the broker gives unacked messages back by itself
+
+
+def signal_number(value: str | int | None) -> int:
+    """Celery's ways to name a signal: ``15``, ``'SIGKILL'``, ``'KILL'``, ``'kill'``; default TERM."""
+    if value is None or value == "":
+        return int(signal_module.SIGTERM)
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    name = str(value).upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(getattr(signal_module, name))
+    except AttributeError:
+        raise ValueError(f"unknown signal {value!r}") from None

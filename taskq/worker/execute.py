@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import pickle
 import time
 import traceback as tb
 from dataclasses import dataclass
@@ -38,6 +39,50 @@ class Outcome:
     runtime: float = 0.0
     requeue: bool = False
 
+    def portable(self) -> Outcome:
+        """A copy that pickles whatever the task returned or raised (prefork children send it back).
+
+        The result is already stored by then; the parent only logs it, so a repr is enough.
+        """
+        return Outcome(
+            self.state,
+            retval=Shown(saferepr(self.retval)) if self.retval is not None else None,
+            exc=_portable_exc(self.exc) if self.exc is not None else None,
+            traceback=self.traceback,
+            runtime=self.runtime,
+            requeue=self.requeue,
+        )
+
+
+class Shown(str):
+    """A value's repr standing in for the value in the parent's log line."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class ShownError(Exception):
+    """A task's exception that did not pickle, standing in for it (its str and repr)."""
+
+    def __init__(self, text: str, rep: str) -> None:
+        super().__init__(text)
+        self.rep = rep
+
+    def __repr__(self) -> str:
+        return self.rep
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return ShownError, (str(self), self.rep)
+
+
+def _portable_exc(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return ShownError(str(exc), repr(exc))
+    exc.__traceback__ = None
+    return exc
+
 
 def _call(task: Task[Any, Any], context: Context) -> Any:
     result = task.run(*context.args, **context.kwargs)
@@ -47,36 +92,50 @@ def _call(task: Task[Any, Any], context: Context) -> Any:
     return result
 
 
-def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True) -> Outcome:
-    """Run ``task`` under ``context`` and record the outcome in the result backend."""
-    app = task.app
-    backend = task.backend if store_result else None
-    ignore_result = context.ignore_result or task.ignore_result
-    track_started = task.track_started if task.track_started is not None else app.conf.task_track_started
-    token = _state._current_request.set((task, context))
-    started = time.monotonic()
-    try:
-        if backend is not None and track_started and not ignore_result:
+class _Run:
+    """One run of a task: what happens before the call, and how the call's ending is recorded.
+
+    Split out of ``execute`` so the event-loop pool can await the call between the two halves.
+    """
+
+    def __init__(self, task: Task[Any, Any], context: Context, store_result: bool) -> None:
+        self.task = task
+        self.context = context
+        self.backend = task.backend if store_result else None
+        self.ignore_result = context.ignore_result or task.ignore_result
+        self.started = time.monotonic()
+        self.token = _state._current_request.set((task, context))
+
+    def begin(self) -> None:
+        task, context, app = self.task, self.context, self.task.app
+        track_started = task.track_started if task.track_started is not None else app.conf.task_track_started
+        if self.backend is not None and track_started and not self.ignore_result:
             _store(
-                backend.mark_as_started, context, request=context, pid=os.getpid(), hostname=context.hostname
+                self.backend.mark_as_started,
+                context,
+                request=context,
+                pid=os.getpid(),
+                hostname=context.hostname,
             )
         signals.task_prerun.send(
             sender=task, task_id=context.id, task=task, args=context.args, kwargs=context.kwargs
         )
-        try:
-            task.before_start(context.id or "", context.args, context.kwargs)
-            retval = _call(task, context)
-        except Ignore:
+        task.before_start(context.id or "", context.args, context.kwargs)
+
+    def ended(self, retval: Any = None, exc: Exception | None = None) -> Outcome:
+        """Decide and record the outcome of the call: returned ``retval`` or raised ``exc``."""
+        task, context, backend = self.task, self.context, self.backend
+        if exc is None:
+            outcome = _on_success(task, context, retval, backend, self.ignore_result, self._elapsed())
+        elif isinstance(exc, Ignore):
             outcome = Outcome(states.IGNORED)
-        except Reject as exc:
+        elif isinstance(exc, Reject):
             outcome = _on_reject(task, context, exc, backend)
-        except Retry as exc:
+        elif isinstance(exc, Retry):
             outcome = _on_retry(task, context, exc, backend)
-        except Exception as exc:
-            outcome = _on_failure(task, context, exc, backend, ignore_result)
         else:
-            outcome = _on_success(task, context, retval, backend, ignore_result, time.monotonic() - started)
-        outcome.runtime = time.monotonic() - started
+            outcome = _on_failure(task, context, exc, backend, self.ignore_result)
+        outcome.runtime = self._elapsed()
         if outcome.state not in (states.RETRY, states.IGNORED, states.REJECTED):  # Celery's IGNORE_STATES
             _handler(task.after_return, outcome.state, outcome.exc or outcome.retval, context.id, context.args,
                      context.kwargs, _einfo(outcome))  # fmt: skip
@@ -86,8 +145,70 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
             state=outcome.state,
         )  # fmt: skip
         return outcome
+
+    def close(self) -> None:
+        _state._current_request.reset(self.token)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True) -> Outcome:
+    """Run ``task`` under ``context`` and record the outcome in the result backend."""
+    run = _Run(task, context, store_result)
+    try:
+        try:
+            run.begin()
+            retval = _call(task, context)
+        except Exception as exc:
+            return run.ended(exc=exc)
+        return run.ended(retval)
+    finally:
+        run.close()
+
+
+async def execute_async(task: Task[Any, Any], context: Context, *, store_result: bool = True) -> Outcome:
+    """``execute`` for a pool with an event loop: a coroutine task is awaited on that loop.
+
+    ``asyncio.CancelledError`` is not caught: the pool cancels a coroutine for a time limit or
+    a terminate, and decides the outcome itself (see ``fail``).
+    """
+    run = _Run(task, context, store_result)
+    try:
+        try:
+            run.begin()
+            retval = task.run(*context.args, **context.kwargs)
+            if inspect.isawaitable(retval):
+                retval = await retval
+        except Exception as exc:
+            return run.ended(exc=exc)
+        return run.ended(retval)
+    finally:
+        run.close()
+
+
+def fail(task: Task[Any, Any], context: Context, exc: BaseException, traceback: str | None = None) -> Outcome:
+    """Record a failure decided outside the task: a hard time limit, a lost child, a terminate.
+
+    Runs in the worker, not where the task ran (that process may be dead), and gives the task
+    the same follow-ups as a failure it raised itself: FAILURE stored, chord member counted,
+    rest of the chain failed, errbacks run, ``on_failure`` and ``task_failure``.
+    """
+    token = _state._current_request.set((task, context))
+    try:
+        backend = task.backend
+        ignore_result = context.ignore_result or task.ignore_result
+        outcome = _on_failure(task, context, exc, backend, ignore_result, traceback or _format(exc))
+        _handler(
+            task.after_return, outcome.state, exc, context.id, context.args, context.kwargs, _einfo(outcome)
+        )
+        return outcome
     finally:
         _state._current_request.reset(token)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _on_success(
@@ -105,9 +226,14 @@ def _on_success(
 
 
 def _on_failure(
-    task: Task[Any, Any], context: Context, exc: BaseException, backend: Any, ignore_result: bool
+    task: Task[Any, Any],
+    context: Context,
+    exc: BaseException,
+    backend: Any,
+    ignore_result: bool,
+    traceback: str | None = None,
 ) -> Outcome:
-    outcome = Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc())
+    outcome = Outcome(states.FAILURE, exc=exc, traceback=traceback or _format(exc))
     einfo = ExceptionInfo(exc, outcome.traceback)
     store = (
         not ignore_result
@@ -131,7 +257,7 @@ def _on_failure(
 
 
 def _on_retry(task: Task[Any, Any], context: Context, exc: Retry, backend: Any) -> Outcome:
-    outcome = Outcome(states.RETRY, exc=exc, traceback=tb.format_exc())
+    outcome = Outcome(states.RETRY, exc=exc, traceback=_format(exc))
     einfo = ExceptionInfo(exc, outcome.traceback)
     reason = exc.exc if exc.exc is not None else exc
     if backend is not None:
@@ -143,7 +269,7 @@ def _on_retry(task: Task[Any, Any], context: Context, exc: Retry, backend: Any) 
 
 def _on_reject(task: Task[Any, Any], context: Context, exc: Reject, backend: Any) -> Outcome:
     """Reject: requeued, nothing stored; dropped, a FAILURE so the task is not PENDING forever."""
-    outcome = Outcome(states.REJECTED, exc=exc, requeue=exc.requeue, traceback=tb.format_exc())
+    outcome = Outcome(states.REJECTED, exc=exc, requeue=exc.requeue, traceback=_format(exc))
     if not exc.requeue:
         if backend is not None:
             _store(backend.mark_as_failure, context, exc, outcome.traceback, request=context)
@@ -228,12 +354,16 @@ def _store(method: Any, context: Context, *args: Any, **kwargs: Any) -> None:
         logger.exception("could not store the result of %s[%s]", context.task, context.id)
 
 
+def _shown(value: Any) -> str:
+    return value if isinstance(value, Shown) else saferepr(value)
+
+
 def describe(outcome: Outcome, name: str, task_id: str | None) -> tuple[int, str]:
     """The worker's log line for an outcome, in Celery's wording."""
     if outcome.state == states.SUCCESS:
         return (
             logging.INFO,
-            f"Task {name}[{task_id}] succeeded in {outcome.runtime:.6f}s: {saferepr(outcome.retval)}",
+            f"Task {name}[{task_id}] succeeded in {outcome.runtime:.6f}s: {_shown(outcome.retval)}",
         )
     if outcome.state == states.FAILURE:
         return (

@@ -16,13 +16,15 @@ from taskq.task import Context, Task
 if TYPE_CHECKING:
     from kombu.message import Message
 
+    from taskq.worker.pools import Job
+
 logger = logging.getLogger("taskq.worker")
 
 
 class Request:
     """A task message accepted by the consumer and waiting for, or in, the pool."""
 
-    __slots__ = ("acked", "hostname", "message", "req", "task")
+    __slots__ = ("acked", "hostname", "job", "message", "req", "task")
 
     def __init__(self, message: Message, req: TaskRequest, task: Task[Any, Any], hostname: str) -> None:
         self.message = message
@@ -30,6 +32,8 @@ class Request:
         self.task = task
         self.hostname = hostname
         self.acked = False
+        #: the pool job while it runs (for terminate and the outcome)
+        self.job: Job | None = None
 
     @property
     def id(self) -> str:
@@ -47,6 +51,24 @@ class Request:
     def acks_late(self) -> bool:
         value = self.task.acks_late
         return bool(self.task.app.conf.task_acks_late if value is None else value)
+
+    @property
+    def reject_on_worker_lost(self) -> bool:
+        value = self.task.reject_on_worker_lost
+        return bool(self.task.app.conf.task_reject_on_worker_lost if value is None else value)
+
+    @property
+    def acks_on_failure_or_timeout(self) -> bool:
+        value = getattr(self.task, "acks_on_failure_or_timeout", None)
+        return bool(self.task.app.conf.task_acks_on_failure_or_timeout if value is None else value)
+
+    def time_limits(self) -> tuple[float | None, float | None]:
+        """(hard, soft) seconds: the message's ``timelimit`` header, else the task's, else the worker's."""
+        hard, soft = (*(self.req.timelimit or ()), None, None)[:2]
+        conf = self.task.app.conf
+        hard = hard or self.task.time_limit or conf.task_time_limit or None
+        soft = soft or self.task.soft_time_limit or conf.task_soft_time_limit or None
+        return hard, soft
 
     def context(self) -> Context:
         """The ``task.request`` this run sees; unknown headers become attributes too."""

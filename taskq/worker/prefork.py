@@ -1,0 +1,194 @@
+"""The prefork pool: tasks run in child processes managed by billiard (Celery's own pool library).
+
+Children are forked from the worker after the app is loaded, so they run tasks by name without
+importing anything; each job sends only the task name and its request context down the pipe, and
+gets back a picklable ``Outcome`` (the result itself is stored by the child). billiard replaces a
+child that dies, recycles children after ``max_tasks_per_child`` tasks or past
+``max_memory_per_child`` KiB, delivers soft limits as ``SoftTimeLimitExceeded`` inside the child
+(SIGUSR1) and enforces hard limits by killing it. Its threads call our callbacks; they only hand
+the outcome to ``job.done``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from billiard.einfo import ExceptionInfo as BilliardExceptionInfo
+from billiard.einfo import ExceptionWithTraceback
+from billiard.pool import Pool as BilliardPool
+
+from taskq import signals
+from taskq.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
+from taskq.worker.pools import Job
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.task import Context
+    from taskq.worker.execute import Outcome
+
+logger = logging.getLogger("taskq.worker")
+
+# The app a child runs tasks of: set in the child by _child_init, from the parent's memory (fork).
+_app: App | None = None
+# The parent's connection objects, kept referenced in the child and never used or closed there:
+# closing them would speak on sockets the parent still uses; collecting them could close them.
+_inherited: list[Any] = []
+
+
+def _child_init(app: App, hostname: str) -> None:
+    """First thing in a new child: own connections, and Celery's ``worker_process_init``."""
+    global _app
+    _app = app
+    _inherited.extend(x for x in (app._broker, app._backend) if x is not None)
+    app._broker = None
+    app._backend = None
+    signals.worker_process_init.send(sender=None)
+    logger.debug("pool child %d of %s ready", os.getpid(), hostname)
+
+
+def _child_exit(pid: int, exitcode: int) -> None:
+    signals.worker_process_shutdown.send(sender=None, pid=pid, exitcode=exitcode)
+
+
+def run_in_child(name: str, context: Context) -> Outcome:
+    """The job a child runs: the task ``name`` under ``context``; returns a picklable outcome."""
+    from taskq.worker.execute import execute
+
+    assert _app is not None, "run_in_child outside a pool child"
+    return execute(_app.tasks[name], context).portable()
+
+
+class PreforkPool:
+    """``concurrency`` child processes; Celery's default pool (``-P prefork``)."""
+
+    def __init__(
+        self,
+        app: App,
+        concurrency: int,
+        *,
+        hostname: str = "",
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        lost_worker_wait: float | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.app = app
+        self.limit = concurrency
+        self.hostname = hostname
+        self.max_tasks_per_child = max_tasks_per_child or None
+        self.max_memory_per_child = max_memory_per_child or None
+        self.lost_worker_wait = lost_worker_wait
+        self._pool: BilliardPool | None = None
+        self._running = 0
+        self._lock = threading.Lock()
+        #: set when the worker stops: losses after this are the shutdown's doing, not failures
+        self.stopping = False
+
+    def start(self) -> None:
+        self._pool = BilliardPool(
+            processes=self.limit,
+            initializer=_child_init,
+            initargs=(self.app, self.hostname),
+            maxtasksperchild=self.max_tasks_per_child,
+            max_memory_per_child=self.max_memory_per_child,
+            lost_worker_timeout=self.lost_worker_wait,
+            on_process_exit=_child_exit,
+            enable_timeouts=True,  # per-job soft/hard limits need billiard's timeout thread
+            threads=True,
+        )
+
+    def submit(self, job: Job) -> None:
+        assert self._pool is not None, "pool not started"
+        with self._lock:
+            self._running += 1
+        once = threading.Lock()
+
+        def finish(outcome: Outcome | BaseException) -> None:
+            if not once.acquire(blocking=False):
+                return  # billiard may report a job twice (hard limit, then the lost child)
+            with self._lock:
+                self._running -= 1
+            job.done(outcome)
+
+        def on_error(einfo: Any) -> None:
+            exc = einfo.exception if isinstance(einfo, BilliardExceptionInfo) else einfo
+            if isinstance(exc, ExceptionWithTraceback):  # billiard's wrapper keeps the traceback text
+                exc = exc.exc
+            if isinstance(exc, Terminated) and job.terminated is None:
+                job.terminated = abs(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else 15
+            if not isinstance(exc, (TimeLimitExceeded, WorkerLostError, Terminated)):
+                exc = WorkerLostError(f"pool child failed: {exc!r}")
+            finish(exc)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            job.pid = pid
+            job.started_at = time_accepted
+
+        def on_timeout(soft: bool, timeout: float) -> None:
+            if soft:
+                logger.warning(
+                    "Soft time limit (%ss) exceeded for %s[%s]", timeout, job.task.name, job.context.id
+                )
+            else:
+                logger.error(
+                    "Hard time limit (%ss) exceeded for %s[%s]", timeout, job.task.name, job.context.id
+                )
+
+        self._pool.apply_async(
+            run_in_child,
+            (job.task.name, job.context),
+            callback=finish,
+            error_callback=on_error,
+            accept_callback=on_accepted,
+            timeout_callback=on_timeout,
+            soft_timeout=job.soft_limit,
+            timeout=job.hard_limit,
+            correlation_id=job.context.id,
+        )
+
+    @property
+    def free_slots(self) -> int:
+        return self.limit - self._running
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def terminate(self, job: Job, signum: int) -> bool:
+        if self._pool is None or job.pid is None:
+            return False
+        job.terminated = signum
+        self._pool.terminate_job(job.pid, signum)
+        return True
+
+    def grow(self, n: int = 1) -> None:
+        assert self._pool is not None
+        self._pool.grow(n)
+        self.limit += n
+
+    def shrink(self, n: int = 1) -> None:
+        """Retire ``n`` idle children; ValueError when every child is busy."""
+        assert self._pool is not None
+        if n >= self.limit:
+            raise ValueError(f"cannot shrink a pool of {self.limit} by {n}")
+        self._pool.shrink(n)
+        self.limit -= n
+
+    def child_pids(self) -> list[int]:
+        return [p.pid for p in self._pool._pool] if self._pool is not None else []
+
+    def stop(self, graceful: bool = True) -> None:
+        """Warm: let running tasks finish, then end the children. Cold: kill them now."""
+        self.stopping = True
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if graceful:
+            pool.close()
+            pool.join()
+        else:
+            pool.terminate()
