@@ -3,7 +3,12 @@
 ``from taskq import Celery`` is the one line a Celery project changes to move over.
 """
 
+# ruff: noqa: E402  (the green-pool patch must run before the imports below)
 from __future__ import annotations
+
+from taskq import _patch
+
+_patch.maybe_patch()  # -P gevent/eventlet: before kombu, redis or amqp create a socket
 
 from taskq import states
 from taskq._state import current_app, current_task

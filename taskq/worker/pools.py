@@ -282,7 +282,9 @@ def create_pool(name: str, concurrency: int, app: App | None = None, **options: 
 
         return AsyncioPool(concurrency)
     if name in ("gevent", "eventlet"):
-        raise ValueError(f"-P {name} is not available in this taskq version: use -P asyncio or -P threads")
+        from taskq.worker.green import GreenPool
+
+        return GreenPool(name, concurrency)
     if name == "threads":
         return ThreadPool(concurrency)
     if name == "solo":
