@@ -193,7 +193,9 @@ def _not_yet(flag: str, what: str) -> None:
 @click.option("-n", "--hostname", help="Node name, e.g. name@%h (default celery@%h).")
 @loglevel_option
 @logfile_option
-@click.option("--pidfile", help="Write the worker's pid to this file.")
+@click.option(
+    "--pidfile", help="Write the worker's pid here; refuse to start if it names a live process (%n expands)."
+)
 @click.option("--prefetch-multiplier", type=int, help="Messages reserved per pool slot.")
 @click.option(
     "-O", "--optimization", type=click.Choice(["default", "fair"]), help="fair: reserve one message per slot."
@@ -223,31 +225,52 @@ def _not_yet(flag: str, what: str) -> None:
     "-s", "--schedule-filename", "--schedule", "schedule_filename", help="Embedded beat's schedule file."
 )
 @click.option("--scheduler", help="Embedded beat's scheduler class.")
-@click.option("-D", "--detach", is_flag=True, help="Run in the background (not yet available).")
-@click.option("--autoscale", help="MAX,MIN pool size (not yet available).")
-@click.option("--max-tasks-per-child", type=int, help="(prefork, not yet available)")
-@click.option("--max-memory-per-child", type=int, help="(prefork, not yet available)")
-@click.option("--time-limit", type=float, help="(not yet available)")
-@click.option("--soft-time-limit", type=float, help="(not yet available)")
-@click.option("-S", "--statedb", help="(not yet available)")
+@click.option("-D", "--detach", is_flag=True, help="Run in the background (logfile default %n%I.log).")
+@click.option("--uid", help="Drop privileges to this user (name or id).")
+@click.option("--gid", help="Drop privileges to this group (name or id).")
+@click.option("--umask", help="umask of the process (octal), e.g. 022.")
+@click.option("--executable", help="Python interpreter a detached worker runs (default: this one).")
+@click.option("--autoscale", help="MAX,MIN: grow the pool up to MAX when work waits, shrink to MIN.")
+@click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after it ran this many tasks.")
+@click.option(
+    "--max-memory-per-child",
+    type=int,
+    help="Replace a prefork child once its resident memory passes this many KiB (after its task).",
+)
+@click.option("--time-limit", type=float, help="Hard time limit (s) of every task, unless it sets its own.")
+@click.option(
+    "--soft-time-limit", type=float, help="Soft time limit (s) of every task, unless it sets its own."
+)
+@click.option("-S", "--statedb", help="File keeping revoked task ids across restarts (%n expands).")
 @click.pass_obj
 def worker(settings: Settings, **opts: Any) -> None:
     """Start a worker."""
-    for flag, key, what in (
-        ("-D/--detach", "detach", "daemonizing"),
-        ("--autoscale", "autoscale", "autoscaling"), ("--max-tasks-per-child", "max_tasks_per_child", "prefork"),
-        ("--max-memory-per-child", "max_memory_per_child", "prefork"), ("--time-limit", "time_limit", "time limits"),
-        ("--soft-time-limit", "soft_time_limit", "time limits"), ("-S/--statedb", "statedb", "persistent revokes"),
-    ):  # fmt: skip
-        if opts[key]:
-            _not_yet(flag, what)
     pool = opts["pool"]
-    if pool in ("prefork", "processes", "asyncio", "gevent", "eventlet"):
-        _not_yet(f"-P {pool}", "use -P threads or -P solo")
-    from taskq.worker.worker import Worker, setup_logging
+    from taskq import daemon, relaunch
+    from taskq.worker.autoscale import parse_autoscale
+    from taskq.worker.worker import Worker, expand_hostname, setup_logging
 
-    setup_logging(opts["loglevel"], opts["logfile"])
+    try:
+        autoscale = parse_autoscale(opts["autoscale"]) if opts["autoscale"] else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    nodename = expand_hostname(opts["hostname"])
+    if opts["detach"]:
+        app = settings.app  # an app that cannot load says so here, on the terminal
+        daemon_opts = {k: opts[k] for k in ("logfile", "pidfile", "uid", "gid", "umask", "executable")}
+        relaunch.detach_and_exec(nodename, what="the worker", **daemon_opts)
+    daemon.apply_umask(opts["umask"])
+    daemon.drop_privileges(opts["uid"], opts["gid"])
+    try:
+        logfile = daemon.node_format(opts["logfile"], nodename) if opts["logfile"] else None
+        pidfile = daemon.node_format(opts["pidfile"], nodename) if opts["pidfile"] else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    setup_logging(opts["loglevel"], logfile)
     app = settings.app
+    if pidfile:
+        daemon.pidlock(pidfile, "the worker")
     if opts["task_events"]:
         logging.getLogger("taskq.worker").warning(
             "-E: task events are not implemented yet; none will be sent"
@@ -263,9 +286,15 @@ def worker(settings: Settings, **opts: Any) -> None:
             hostname=opts["hostname"],
             prefetch_multiplier=multiplier,
             include=_csv(opts["include"]),
+            statedb=opts["statedb"],
             beat=opts["beat"],
             schedule_filename=opts["schedule_filename"],
             scheduler=opts["scheduler"],
+            max_tasks_per_child=opts["max_tasks_per_child"],
+            max_memory_per_child=opts["max_memory_per_child"],
+            autoscale=autoscale,
+            time_limit=opts["time_limit"],
+            soft_time_limit=opts["soft_time_limit"],
         )
     except ImportError as exc:
         raise click.ClickException(f"cannot import {exc.name or exc} (listed in imports/include)") from None
@@ -277,21 +306,18 @@ def worker(settings: Settings, **opts: Any) -> None:
         except OperationalError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"Purged {count} message(s) from {', '.join(q.name for q in node.consumer.queues)}.")
-    if opts["pidfile"]:
-        with open(opts["pidfile"], "w") as fh:
-            fh.write(f"{os.getpid()}\n")
+    node.restart_command = relaunch.command_line()
     if not settings.quiet:
         click.echo(node.banner(), err=True)
+        if logfile and daemon.stderr_is_devnull():  # detached: the log file is all anyone reads
+            with open(logfile, "a") as fh:
+                fh.write(f"{node.banner()}\n")
     try:
         node.start()
     except OperationalError as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        if opts["pidfile"]:
-            try:
-                os.unlink(opts["pidfile"])
-            except OSError:
-                pass
+    if node.restart_requested and node.restart_command is not None:
+        relaunch.reexec(node.restart_command)  # SIGHUP: the same command line, same pid
 
 
 @cli.command()
@@ -384,6 +410,9 @@ def _command_value_options(command: click.Command) -> dict[str, bool]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from taskq.relaunch import remember_command_line
+
+    remember_command_line(argv)  # before --workdir moves us: what -D and SIGHUP re-run
     cli.main(args=reorder_args(args), prog_name="taskq")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskq.control import mailbox_for
@@ -30,6 +30,8 @@ class Revoked:
         self.maxlen = maxlen
         self.expires = expires
         self._ids: OrderedDict[str, float] = OrderedDict()
+        #: called once per revoke command, so --statedb saves what a restart must not forget
+        self.on_change: Callable[[], None] | None = None
 
     def add(self, task_id: str) -> None:
         self._ids[task_id] = time.monotonic()
@@ -52,6 +54,33 @@ class Revoked:
     def __iter__(self) -> Any:
         return iter(list(self._ids))
 
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def snapshot(self) -> dict[str, float]:
+        """Live ids with the wall-clock time of their revoke, oldest first (what --statedb saves).
+
+        The stamps are monotonic, immune to clock changes but meaningless to another process, so
+        they leave as wall-clock times and come back through ``restore`` with their age intact.
+        """
+        mono, wall = time.monotonic(), time.time()
+        return {
+            tid: wall - (mono - added) for tid, added in self._ids.items() if mono - added <= self.expires
+        }
+
+    def restore(self, saved: Mapping[str, float]) -> None:
+        """Merge ids from ``snapshot`` (maybe of an earlier run): expired ones dropped, bounds kept."""
+        mono, wall = time.monotonic(), time.time()
+        merged = dict(self._ids)
+        for tid, revoked_at in saved.items():
+            age = max(wall - revoked_at, 0.0)  # a future time (clock set back) counts as now
+            if age <= self.expires and mono - age > merged.get(tid, float("-inf")):
+                merged[tid] = mono - age
+        self._ids = OrderedDict(sorted(merged.items(), key=lambda item: item[1]))
+        while len(self._ids) > self.maxlen:
+            self._ids.popitem(last=False)
+
 
 def ping(consumer: Consumer, **kwargs: Any) -> dict[str, str]:
     return {"ok": "pong"}
@@ -65,11 +94,28 @@ def revoke(
     **kwargs: Any,
 ) -> dict[str, str]:
     ids = [task_id] if isinstance(task_id, str) else list(task_id)
-    consumer.revoke(ids, terminate=terminate)
+    consumer.revoke(ids, terminate=terminate, signal=signal)
+    consumer.revoked.changed()
     return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
 
-HANDLERS = {"ping": ping, "revoke": revoke}
+def rate_limit(
+    consumer: Consumer, task_name: str, rate_limit: str | float | None, **kwargs: Any
+) -> dict[str, str]:
+    """Celery's ``rate_limit`` command: change a task's limit in this worker, now."""
+    if task_name not in consumer.app.tasks:
+        return {"error": f"unknown task {task_name!r}"}
+    try:
+        consumer.rate_limits.set(task_name, rate_limit)
+    except ValueError as exc:
+        return {"error": f"invalid rate limit string: {exc}"}
+    consumer.app.tasks[task_name].rate_limit = rate_limit
+    if not rate_limit:
+        return {"ok": f"rate limit disabled successfully for {task_name}"}
+    return {"ok": f"new rate limit set successfully for {task_name}"}
+
+
+HANDLERS = {"ping": ping, "revoke": revoke, "rate_limit": rate_limit}
 
 
 def listen(consumer: Consumer, connection: Connection) -> KombuConsumer:
