@@ -76,3 +76,15 @@ class Control:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         arguments = {"task_id": ids, "terminate": terminate, "signal": signal}
         return self.broadcast("revoke", arguments, destination=destination, reply=reply, timeout=timeout)
+
+    def rate_limit(
+        self,
+        task_name: str,
+        rate_limit: str | float | None,
+        destination: Iterable[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Change a task's rate limit in running workers (``None`` or ``0`` lifts it)."""
+        arguments = {"task_name": task_name, "rate_limit": rate_limit}
+        return self.broadcast("rate_limit", arguments, destination=destination, reply=reply, timeout=timeout)

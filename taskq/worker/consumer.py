@@ -199,7 +199,9 @@ class Consumer:
         quorum queues refuse global QoS and keep the per-consumer form."""
         if self.connection is None or self.connection.qos_semantics_matches_spec:
             return False
-        return not any((q.queue_arguments or {}).get("x-queue-type") == "quorum" for q in self.queues)
+        return not any(
+            (getattr(q, "queue_arguments", None) or {}).get("x-queue-type") == "quorum" for q in self.queues
+        )
 
     def close(self) -> None:
         if self._pidbox is not None:

@@ -182,12 +182,7 @@ def test_rate_limit_changed_at_run_time(tmp_path: Path, redis_url: str) -> None:
     """The rate_limit control command lifts the limit in a running worker."""
     client, log, _ = _setup(tmp_path, redis_url)
     with running_worker(tmp_path, "-A", "schedapp", "worker", "-c", "2", "-l", "INFO"):
-        replies = client.control.broadcast(
-            "rate_limit",
-            arguments={"task_name": "schedapp.limited", "rate_limit": None},
-            reply=True,
-            timeout=3,
-        )
+        replies = client.control.rate_limit("schedapp.limited", None, reply=True, timeout=3)
         assert replies and all("ok" in next(iter(r.values())) for r in replies), replies
         started = time.time()
         for i in range(20):
