@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo as BilliardExceptionInfo
@@ -85,6 +86,8 @@ class PreforkPool:
         self._pool: BilliardPool | None = None
         self._running = 0
         self._lock = threading.Lock()
+        #: how to settle each job not reported yet (a cold stop settles them itself)
+        self._unfinished: dict[int, Callable[[BaseException], None]] = {}
         #: set when the worker stops: losses after this are the shutdown's doing, not failures
         self.stopping = False
 
@@ -112,7 +115,11 @@ class PreforkPool:
                 return  # billiard may report a job twice (hard limit, then the lost child)
             with self._lock:
                 self._running -= 1
+                self._unfinished.pop(id(job), None)
             job.done(outcome)
+
+        with self._lock:
+            self._unfinished[id(job)] = finish
 
         def on_error(einfo: Any) -> None:
             exc = einfo.exception if isinstance(einfo, BilliardExceptionInfo) else einfo
@@ -190,5 +197,13 @@ class PreforkPool:
         if graceful:
             pool.close()
             pool.join()
-        else:
-            pool.terminate()
+            return
+        # billiard's terminate waits for the result of every job still running, and one whose
+        # child it kills only gets one after lost_worker_wait (then up to 5 s more, or never):
+        # a stop cut short would take seconds. Settle those jobs here instead.
+        with self._lock:
+            unfinished = list(self._unfinished.values())
+        pool._cache.clear()
+        pool.terminate()
+        for finish in unfinished:
+            finish(WorkerLostError("the worker stopped while the task ran"))
