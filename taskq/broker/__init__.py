@@ -36,6 +36,20 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Redis socket settings a broker connection gets unless broker_transport_options sets them.
+# kombu leaves the socket timeout unset, so a Redis that vanishes without closing the TCP
+# connection (host down, failover, NAT or firewall drop) blocks a publish or an ack forever;
+# health checks bound how long an idle consumer's BRPOP waits on such a connection
+# (about brpop_timeout + 2 x health_check_interval). socket_connect_timeout follows
+# broker_connection_timeout, as AMQP's connect timeout does.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+REDIS_SOCKET_DEFAULTS: dict[str, Any] = {
+    "socket_timeout": 10.0,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
+
+
 def mask_url(url: str | None) -> str:
     """The URL with its password replaced by ``**``, for every log line and error."""
     return str(maybe_sanitize_url(url or "", mask="**"))
@@ -65,6 +79,10 @@ class Broker:
             # In-process queues: poll often (tests wait on it) and name a host so kombu is quiet.
             options.setdefault("polling_interval", 0.005)
             url = "memory://localhost/" if url.rstrip("/") == "memory:" else url
+        elif url.partition(":")[0].partition("+")[0] in REDIS_SCHEMES:
+            for name, value in REDIS_SOCKET_DEFAULTS.items():
+                options.setdefault(name, value)
+            options.setdefault("socket_connect_timeout", conf.broker_connection_timeout)
         return Connection(
             url,
             ssl=conf.broker_use_ssl,
