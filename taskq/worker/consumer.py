@@ -77,6 +77,7 @@ class Consumer:
         self.warm_shutdown_timeout: float | None = app.conf.worker_warm_shutdown_timeout
         #: resizes the pool; the slots it may still add are fetched for too, or demand never shows
         self.autoscaler: Autoscaler | None = None
+        self.heartbeat_rate = int(app.conf.broker_heartbeat_checkrate or 2)
         self.accept = set(app.conf.accept_content or ["json"])
         self.completions: queue.SimpleQueue[tuple[Request, Outcome | BaseException]] = queue.SimpleQueue()
         self.ready: deque[Request] = deque()
@@ -387,7 +388,13 @@ class Consumer:
 
     def _start(self, request: Request) -> None:
         if not request.acks_late:
-            request.ack()
+            try:
+                request.ack()
+            except self.recoverable_errors as exc:
+                # The connection is gone: the broker will deliver it again, so running it here
+                # too would run it twice. The next turn notices the loss and reconnects.
+                logger.info("could not ack %s before starting it (%r); left for redelivery", request, exc)
+                return
         self.active.add(request)
         hard, soft = request.time_limits()
         request.job = Job(
@@ -410,7 +417,9 @@ class Consumer:
             try:
                 self._ended_outside(request, outcome)
             except self.recoverable_errors as exc:
-                logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
+                logger.info(
+                    "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc
+                )
             return
         if isinstance(outcome, BaseException):  # execute() itself failed: a taskq bug
             signals.task_internal_error.send(
@@ -431,7 +440,9 @@ class Consumer:
             else:
                 request.ack()
         except self.recoverable_errors as exc:
-            logger.warning("could not ack %s, the broker will redeliver it: %r", request, exc)
+            logger.info(
+                "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc
+            )
 
     def _ended_outside(self, request: Request, exc: BaseException) -> None:
         """A run the task did not end itself: hard time limit, lost child, or terminate (Celery's rules)."""
@@ -491,7 +502,7 @@ class Consumer:
             # blocks on the broker, so it blocks on the broker only briefly.
             wait = min(wait, ACTIVE_TICK)
         self._drain_broker(wait)
-        self.connection.heartbeat_check()
+        self.connection.heartbeat_check(rate=self.heartbeat_rate)
 
     def _drain_broker(self, timeout: float) -> None:
         assert self.connection is not None
@@ -605,7 +616,7 @@ class Consumer:
             if self.connection is not None:
                 try:
                     self._drain_broker(0)  # acks flush, pidbox answers, heartbeats go out
-                    self.connection.heartbeat_check()
+                    self.connection.heartbeat_check(rate=self.heartbeat_rate)
                 except self.recoverable_errors:
                     pass  # lost now: the broker gives unacked messages back by itself
 
