@@ -14,7 +14,6 @@ import logging
 import queue
 import signal as signal_module
 import time
-import types
 from collections import deque
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -22,21 +21,17 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer as KombuConsumer
 from kombu import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.transport.virtual import QoS as VirtualQoS
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
 from taskq.exceptions import (
     NotRegistered,
     OperationalError,
-    TaskRevokedError,
-    Terminated,
-    TimeLimitExceeded,
-    WorkerLostError,
 )
 from taskq.message import parse
-from taskq.worker.control import Revoked
-from taskq.worker.execute import Outcome, describe, fail
+from taskq.worker import outcomes, prefetch
+from taskq.worker.control import Revoked, signal_number
+from taskq.worker.execute import Outcome
 from taskq.worker.pools import Job, Pool
 from taskq.worker.ratelimit import RATE_LIMITED_HELD_MAX, RateLimits
 from taskq.worker.request import Request
@@ -134,7 +129,8 @@ class Consumer:
             channel, queues=self.queues, on_message=self.on_message, accept=self.accept
         )
         self._apply_qos()
-        self._limit_fetching(channel)
+        if self.prefetch_multiplier:
+            prefetch.fetch_only_when(channel, self.wants_more)
         self._kombu_consumer.consume()
         self._pidbox_retry_at = 0.0  # while remote control is closed: when to try again
         if self.remote_control:
@@ -146,24 +142,6 @@ class Consumer:
                 self._pidbox_retry_at = time.monotonic() + 5.0
                 logger.warning("Remote control unavailable: %s. Trying again in 5 s", exc)
         logger.info("Connected to %s", broker.masked_url)
-
-    def _limit_fetching(self, channel: Any) -> None:
-        """On transports the client polls (Redis, SQLite, ...), fetch only for free slots.
-
-        Their QoS counts unacked messages only, and an early-acked running task is acked: left
-        alone, a worker whose slots are all busy would still reserve ``prefetch_count`` more
-        that then wait behind long tasks while other workers idle. (AMQP pushes; there the
-        broker's ``basic.qos`` bounds it, see docs/worker.md.)
-        """
-        qos = getattr(channel, "qos", None)
-        if not self.prefetch_multiplier or not isinstance(qos, VirtualQoS):
-            return
-        unacked_ok = qos.can_consume
-
-        def can_consume(_self: Any) -> bool:
-            return self.wants_more() and unacked_ok()
-
-        qos.can_consume = types.MethodType(can_consume, qos)  # type: ignore[method-assign]  # Celery's worker_disable_prefetch does the same
 
     def wants_more(self) -> bool:
         """Whether to reserve another message now (see docs/worker.md, "Prefetch")."""
@@ -191,18 +169,9 @@ class Consumer:
     def _apply_qos(self) -> None:
         if self._kombu_consumer is not None and self.prefetch_count:
             self._kombu_consumer.qos(
-                prefetch_count=self.prefetch_count + self._qos_extra, apply_global=self._qos_global()
+                prefetch_count=self.prefetch_count + self._qos_extra,
+                apply_global=prefetch.qos_global(self.connection, self.queues),
             )
-
-    def _qos_global(self) -> bool:
-        """RabbitMQ >= 3.3 applies a non-global prefetch to consumers created after it only, so
-        widening it for held ETA messages needs the channel-wide (global) flag, as in Celery;
-        quorum queues refuse global QoS and keep the per-consumer form."""
-        if self.connection is None or self.connection.qos_semantics_matches_spec:
-            return False
-        return not any(
-            (getattr(q, "queue_arguments", None) or {}).get("x-queue-type") == "quorum" for q in self.queues
-        )
 
     def close(self) -> None:
         if self._pidbox is not None:
@@ -286,7 +255,7 @@ class Consumer:
         )
         message.reject(requeue=False)
         if not req.ignore_result:
-            self._store_quietly(req.id, NotRegistered(req.name), states.FAILURE)
+            outcomes.store_quietly(self.app, req.id, NotRegistered(req.name), states.FAILURE)
 
     def revoke(self, task_ids: list[str], terminate: bool = False, signal: str | int | None = None) -> None:
         """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
@@ -301,7 +270,7 @@ class Consumer:
         held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
         held += self.rate_limits.remove(lambda r: r.id not in self.revoked)
         for request in held:
-            self._discard(request, "revoked")
+            outcomes.discard(self.app, request, "revoked")
         if held:
             self.ready = deque(r for r in self.ready if r not in held)
             self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
@@ -328,36 +297,8 @@ class Consumer:
             reason = "expired"
         else:
             return False
-        self._discard(request, reason)
+        outcomes.discard(self.app, request, reason)
         return True
-
-    def _discard(self, request: Request, reason: str, signum: int | None = None) -> None:
-        """Ack without running (or after terminating), store REVOKED, release a waiting chord."""
-        logger.info("Discarding %s task %s[%s]", reason, request.name, request.id)
-        request.ack()
-        signals.task_revoked.send(
-            sender=request.task, request=request.context(), terminated=signum is not None, signum=signum,
-            expired=reason == "expired",
-        )  # fmt: skip
-        if not request.req.ignore_result:
-            self._store_quietly(request.id, reason, states.REVOKED, request)
-        if request.req.chord:  # a chord must not wait forever for a member that will not run
-            try:
-                self.app.backend.on_chord_part_return(
-                    request.context(), states.REVOKED, TaskRevokedError(reason)
-                )
-            except Exception as exc:
-                logger.warning("could not report %s chord member %s: %r", reason, request, exc)
-
-    def _store_quietly(self, task_id: str, value: Any, state: str, request: Request | None = None) -> None:
-        try:
-            backend = self.app.backend
-            if state == states.REVOKED:
-                backend.mark_as_revoked(task_id, str(value), request=request.context() if request else None)
-            else:
-                backend.store_result(task_id, value, state)
-        except Exception as exc:  # a result store problem must not stop consumption
-            logger.warning("could not store %s for %s: %r", state, task_id, exc)
 
     # -- dispatching ------------------------------------------------------------------------
     def _promote_due_etas(self) -> float | None:
@@ -413,69 +354,12 @@ class Consumer:
     def _finish(self, request: Request, outcome: Outcome | BaseException) -> None:
         self.active.discard(request)
         self.processed += 1
-        if isinstance(outcome, (TimeLimitExceeded, WorkerLostError, Terminated)):
-            try:
-                self._ended_outside(request, outcome)
-            except self.recoverable_errors as exc:
-                logger.info(
-                    "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc
-                )
-            return
-        if isinstance(outcome, BaseException):  # execute() itself failed: a taskq bug
-            signals.task_internal_error.send(
-                sender=request.task, task_id=request.id, args=request.req.args, kwargs=request.req.kwargs,
-                request=request, exception=outcome, traceback=outcome.__traceback__, einfo=None,
-            )  # fmt: skip
-            outcome = Outcome(states.FAILURE, exc=outcome)
-        level, line = describe(outcome, request.name, request.id)
-        logger.log(level, line)
         try:
-            if outcome.state == states.REJECTED:
-                if outcome.requeue and request.acked:
-                    logger.warning(
-                        "Reject(requeue=True) by %s had no effect: its message was acked when it "
-                        "started (set acks_late=True to requeue)", request,
-                    )  # fmt: skip
-                request.reject(requeue=outcome.requeue)
-            else:
-                request.ack()
+            outcomes.settle(self.app, request, outcome, stopping=self.stopping)
         except self.recoverable_errors as exc:
             logger.info(
                 "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc
             )
-
-    def _ended_outside(self, request: Request, exc: BaseException) -> None:
-        """A run the task did not end itself: hard time limit, lost child, or terminate (Celery's rules)."""
-        if self.stopping:  # the shutdown stopped it: not the task's failure, so nothing is recorded
-            logger.warning("%s was stopped by the shutdown (%r); not recorded", request, exc)
-            request.reject(requeue=True)  # only an acks_late message is still ours to give back
-            return
-        if isinstance(exc, Terminated):
-            signum = request.job.terminated if request.job is not None else None
-            self._discard(request, "terminated", signum=signum or signal_module.SIGTERM)
-            return
-        lost = isinstance(exc, WorkerLostError)
-        if lost and self._stored_success(request):
-            logger.warning("%s succeeded before its pool process was lost: %r", request, exc)
-            request.ack()
-            return
-        if lost and request.acks_late and request.reject_on_worker_lost:
-            logger.warning("%s: %s; its message is returned to the queue", request, exc)
-            request.reject(requeue=True)
-            return
-        assert request.job is not None
-        outcome = fail(request.task, request.job.context, exc)
-        logger.log(*describe(outcome, request.name, request.id))
-        if request.acks_on_failure_or_timeout:
-            request.ack()
-        else:  # Celery: a timed-out task goes back to the queue, a lost one is dropped
-            request.reject(requeue=not lost)
-
-    def _stored_success(self, request: Request) -> bool:
-        try:
-            return bool(self.app.backend.get_task_meta(request.id)["status"] == states.SUCCESS)
-        except Exception:  # results disabled or unreachable: assume it did not finish
-            return False
 
     def _drain_completions(self) -> None:
         while True:
@@ -619,17 +503,3 @@ class Consumer:
                     self.connection.heartbeat_check(rate=self.heartbeat_rate)
                 except self.recoverable_errors:
                     pass  # lost now: the broker gives unacked messages back by itself
-
-
-def signal_number(value: str | int | None) -> int:
-    """Celery's ways to name a signal: ``15``, ``'SIGKILL'``, ``'KILL'``, ``'kill'``; default TERM."""
-    if value is None or value == "":
-        return int(signal_module.SIGTERM)
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    name = str(value).upper()
-    name = name if name.startswith("SIG") else f"SIG{name}"
-    try:
-        return int(getattr(signal_module, name))
-    except AttributeError:
-        raise ValueError(f"unknown signal {value!r}") from None

@@ -6,6 +6,7 @@ loop's thread, like task messages, so a handler may touch the consumer's state w
 
 from __future__ import annotations
 
+import signal as signal_module
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -125,3 +126,17 @@ def listen(consumer: Consumer, connection: Connection) -> KombuConsumer:
     )
     kombu_consumer: KombuConsumer = node.listen()
     return kombu_consumer
+
+
+def signal_number(value: str | int | None) -> int:
+    """Celery's ways to name a signal: ``15``, ``'SIGKILL'``, ``'KILL'``, ``'kill'``; default TERM."""
+    if value is None or value == "":
+        return int(signal_module.SIGTERM)
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    name = str(value).upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(getattr(signal_module, name))
+    except AttributeError:
+        raise ValueError(f"unknown signal {value!r}") from None

@@ -1,0 +1,50 @@
+"""How much a worker takes from the broker ahead of running it: the transport-specific parts.
+
+The rule itself (``Consumer.wants_more``: free slots, times the multiplier) lives with the
+consumer's state; these functions make each kind of transport obey it.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from kombu.transport.virtual import QoS as VirtualQoS
+
+if TYPE_CHECKING:
+    from kombu import Connection, Queue
+
+
+def fetch_only_when(channel: Any, wants_more: Callable[[], bool]) -> None:
+    """On transports the client polls (Redis, SQLite, ...), fetch only while ``wants_more()``.
+
+    Their QoS counts unacked messages only, and an early-acked running task is acked: left
+    alone, a worker whose slots are all busy would still reserve ``prefetch_count`` more that
+    then wait behind long tasks while other workers idle. (AMQP pushes; there the broker's
+    ``basic.qos`` bounds it, see docs/worker.md.) Celery's ``worker_disable_prefetch`` wraps the
+    same method.
+    """
+    qos = getattr(channel, "qos", None)
+    if not isinstance(qos, VirtualQoS):
+        return
+    unacked_ok = qos.can_consume
+
+    def can_consume(_self: Any) -> bool:
+        return wants_more() and unacked_ok()
+
+    qos.can_consume = types.MethodType(can_consume, qos)  # type: ignore[method-assign]
+
+
+def qos_global(connection: Connection | None, queues: Iterable[Queue]) -> bool:
+    """Whether prefetch changes must be channel-wide (``global``) to reach a running consumer.
+
+    RabbitMQ >= 3.3 applies a non-global prefetch to consumers created after it only, so
+    widening it for held ETA messages needs the global flag, as in Celery; quorum queues refuse
+    global QoS and keep the per-consumer form.
+    """
+    if connection is None or connection.qos_semantics_matches_spec:
+        return False
+    return not any(
+        (getattr(q, "queue_arguments", None) or {}).get("x-queue-type") == "quorum" for q in queues
+    )
