@@ -1,18 +1,24 @@
-"""Remote control, worker side: the pidbox node that answers ``ping`` and obeys ``revoke``.
+"""Remote control, worker side: the pidbox node, and the control commands (they change the worker).
 
 Commands arrive on the consumer's connection (another channel) and are handled in the consume
 loop's thread, like task messages, so a handler may touch the consumer's state without locks.
+Names, arguments and replies are Celery's (``celery.worker.control``); the inspect commands live
+in ``taskq.worker.inspect``. Control commands answer ``{"ok": text}`` or ``{"error": text}``.
 """
 
 from __future__ import annotations
 
+import logging
 import signal as signal_module
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from kombu import Queue as KombuQueue
+
 from taskq.control import mailbox_for
+from taskq.worker.inspect import INSPECT_HANDLERS, nok, ok, reserved_requests, scheduled_requests
+from taskq.worker.ratelimit import parse_rate
+from taskq.worker.revoked import Revoked
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -20,111 +26,283 @@ if TYPE_CHECKING:
 
     from taskq.worker.consumer import Consumer
 
-REVOKES_MAX = 50_000  # Celery's bound on remembered revoked ids
-REVOKE_EXPIRES = 3 * 3600.0  # and how long each is remembered (seconds)
+logger = logging.getLogger("taskq.worker")
+__all__ = ["HANDLERS", "Revoked", "listen", "signal_number"]  # Revoked: its old home
 
 
-class Revoked:
-    """Revoked task ids, bounded in number and age, oldest dropped first."""
-
-    def __init__(self, maxlen: int = REVOKES_MAX, expires: float = REVOKE_EXPIRES) -> None:
-        self.maxlen = maxlen
-        self.expires = expires
-        self._ids: OrderedDict[str, float] = OrderedDict()
-        #: called once per revoke command, so --statedb saves what a restart must not forget
-        self.on_change: Callable[[], None] | None = None
-
-    def add(self, task_id: str) -> None:
-        self._ids[task_id] = time.monotonic()
-        self._ids.move_to_end(task_id)
-        while len(self._ids) > self.maxlen:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, task_id: object) -> bool:
-        added = self._ids.get(task_id)  # type: ignore[call-overload]
-        if added is None:
-            return False
-        if time.monotonic() - added > self.expires:
-            del self._ids[task_id]  # type: ignore[arg-type]
-            return False
-        return True
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __iter__(self) -> Any:
-        return iter(list(self._ids))
-
-    def changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def snapshot(self) -> dict[str, float]:
-        """Live ids with the wall-clock time of their revoke, oldest first (what --statedb saves).
-
-        The stamps are monotonic, immune to clock changes but meaningless to another process, so
-        they leave as wall-clock times and come back through ``restore`` with their age intact.
-        """
-        mono, wall = time.monotonic(), time.time()
-        return {
-            tid: wall - (mono - added) for tid, added in self._ids.items() if mono - added <= self.expires
-        }
-
-    def restore(self, saved: Mapping[str, float]) -> None:
-        """Merge ids from ``snapshot`` (maybe of an earlier run): expired ones dropped, bounds kept."""
-        mono, wall = time.monotonic(), time.time()
-        merged = dict(self._ids)
-        for tid, revoked_at in saved.items():
-            age = max(wall - revoked_at, 0.0)  # a future time (clock set back) counts as now
-            if age <= self.expires and mono - age > merged.get(tid, float("-inf")):
-                merged[tid] = mono - age
-        self._ids = OrderedDict(sorted(merged.items(), key=lambda item: item[1]))
-        while len(self._ids) > self.maxlen:
-            self._ids.popitem(last=False)
-
-
-def ping(consumer: Consumer, **kwargs: Any) -> dict[str, str]:
-    return {"ok": "pong"}
+# -- control commands (they change this worker) -------------------------------------------------
+def _ids(task_id: str | Iterable[str] | None) -> list[str]:
+    """Celery's ``maybe_list``, without duplicates, order kept."""
+    if task_id is None:
+        return []
+    return list(dict.fromkeys([task_id] if isinstance(task_id, str) else task_id))
 
 
 def revoke(
     consumer: Consumer,
     task_id: str | Iterable[str],
     terminate: bool = False,
-    signal: str | None = None,
+    signal: str | int | None = None,
     **kwargs: Any,
 ) -> dict[str, str]:
-    ids = [task_id] if isinstance(task_id, str) else list(task_id)
+    """Remember the ids, store REVOKED, drop held messages; ``terminate`` stops running ones."""
+    ids = _ids(task_id)
+    known = {r.id for r in (*consumer.active, *reserved_requests(consumer), *scheduled_requests(consumer))}
     consumer.revoke(ids, terminate=terminate, signal=signal)
     consumer.revoked.changed()
-    return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+    if terminate:
+        hit = [i for i in ids if i in known]
+        return ok(f"terminate: {', '.join(hit)}" if hit else "terminate: tasks unknown")
+    logger.info("Tasks flagged as revoked: %s", ", ".join(ids))
+    return ok(f"tasks {set(ids)} flagged as revoked")
+
+
+def terminate(
+    consumer: Consumer, signal: str | int, task_id: str | Iterable[str], **kwargs: Any
+) -> dict[str, str]:
+    return revoke(consumer, task_id, terminate=True, signal=signal)
+
+
+def revoke_by_stamped_headers(
+    consumer: Consumer,
+    headers: Mapping[str, Any] | list[str],
+    terminate: bool = False,
+    signal: str | int | None = None,
+    **kwargs: Any,
+) -> dict[str, str]:
+    """Revoke by stamp (``{"stamp": value or [values]}``): future messages, and running ones too."""
+    signum = signal_number(signal)
+    if isinstance(headers, list):  # the CLI's key=value words
+        headers = dict(h.split("=", 1) for h in headers)
+    consumer.revoked.add_stamps(headers)
+    if not terminate:
+        return ok(f"headers {headers} flagged as revoked, but not terminated")
+    terminated: dict[str, set[Any]] = {}
+    for request in list(consumer.active):
+        hits = Revoked.stamp_hits(headers, request.req.headers)
+        if hits and request.job is not None:
+            for name, value in hits:
+                terminated.setdefault(name, set()).add(value)
+            consumer.pool.terminate(request.job, signum)
+    if not terminated:
+        return ok(f"headers {headers} were not terminated")
+    return ok(f"headers {terminated} revoked")
 
 
 def rate_limit(
     consumer: Consumer, task_name: str, rate_limit: str | float | None, **kwargs: Any
 ) -> dict[str, str]:
-    """Celery's ``rate_limit`` command: change a task's limit in this worker, now."""
-    if task_name not in consumer.app.tasks:
-        return {"error": f"unknown task {task_name!r}"}
+    """Change a task's rate limit in this worker, now (waiting requests are re-timed)."""
     try:
-        consumer.rate_limits.set(task_name, rate_limit)
+        parse_rate(rate_limit)
     except ValueError as exc:
-        return {"error": f"invalid rate limit string: {exc}"}
+        return nok(f"Invalid rate limit string: {exc!r}")
+    if task_name not in consumer.app.tasks:
+        logger.error("Rate limit attempt for unknown task %s", task_name)
+        return nok("unknown task")
+    consumer.rate_limits.set(task_name, rate_limit)
     consumer.app.tasks[task_name].rate_limit = rate_limit
     if not rate_limit:
-        return {"ok": f"rate limit disabled successfully for {task_name}"}
-    return {"ok": f"new rate limit set successfully for {task_name}"}
+        logger.info("Rate limits disabled for tasks of type %s", task_name)
+        return ok("rate limit disabled successfully")
+    logger.info("New rate limit for tasks of type %s: %s.", task_name, rate_limit)
+    return ok("new rate limit set successfully")
 
 
-HANDLERS = {"ping": ping, "revoke": revoke, "rate_limit": rate_limit}
+def time_limit(
+    consumer: Consumer,
+    task_name: str | None = None,
+    hard: float | None = None,
+    soft: float | None = None,
+    **kwargs: Any,
+) -> dict[str, str]:
+    """Set a task's limits in this worker; runs started from now on get them."""
+    task = consumer.app.tasks.get(task_name or "")
+    if task is None:
+        logger.error("Change time limit attempt for unknown task %s", task_name)
+        return nok("unknown task")
+    task.soft_time_limit = soft
+    task.time_limit = hard
+    logger.info("New time limits for tasks of type %s: soft=%s hard=%s", task_name, soft, hard)
+    return ok("time limits set successfully")
+
+
+def shutdown(consumer: Consumer, msg: str = "Got shutdown from remote", **kwargs: Any) -> dict[str, str]:
+    """A warm stop, as SIGTERM. The reply leaves before the loop sees the flag and stops."""
+    logger.warning(msg)
+    consumer.stopping = True
+    return ok("shutdown requested: finishing running tasks")
+
+
+def _resize_prefetch(consumer: Consumer, slots: int) -> None:
+    """The prefetch window follows the pool's size (Celery's ``_update_prefetch_count``)."""
+    consumer.prefetch_count = max(slots, 1) * consumer.prefetch_multiplier
+    consumer._apply_qos()
+
+
+def pool_grow(consumer: Consumer, n: int = 1, **kwargs: Any) -> dict[str, str]:
+    if consumer.autoscaler is not None:
+        return nok("pool_grow is not supported with autoscale. Adjust autoscale range instead.")
+    try:
+        consumer.pool.grow(int(n))
+    except (ValueError, NotImplementedError) as exc:  # a pool of fixed size says why
+        return nok(str(exc))
+    _resize_prefetch(consumer, consumer.pool.limit)
+    return ok("pool will grow")
+
+
+def pool_shrink(consumer: Consumer, n: int = 1, **kwargs: Any) -> dict[str, str]:
+    if consumer.autoscaler is not None:
+        return nok("pool_shrink is not supported with autoscale. Adjust autoscale range instead.")
+    try:
+        consumer.pool.shrink(int(n))
+    except (ValueError, NotImplementedError) as exc:
+        return nok(str(exc))
+    _resize_prefetch(consumer, consumer.pool.limit)
+    return ok("pool will shrink")
+
+
+def autoscale(consumer: Consumer, **bounds: Any) -> dict[str, str]:
+    """New ``--autoscale`` bounds ``max`` and ``min``; the pool is resized into them where it can be."""
+    scaler = consumer.autoscaler
+    if scaler is None:
+        raise ValueError("Autoscale not enabled")  # Celery's error reply, word for word
+    pool, high, low = consumer.pool, bounds.get("max"), bounds.get("min")
+    if high is not None:
+        if int(high) < pool.limit:
+            try:
+                pool.shrink(pool.limit - int(high))
+            except ValueError as exc:  # children busy: the autoscaler shrinks after its keepalive
+                logger.info("autoscale: cannot shrink now: %s", exc)
+        scaler.max_size = int(high)
+        _resize_prefetch(consumer, scaler.max_size)
+    if low is not None:
+        if int(low) > pool.limit:
+            pool.grow(int(low) - pool.limit)
+        scaler.min_size = max(int(low), 1)
+    return ok(f"autoscale now max={scaler.max_size} min={scaler.min_size}")
+
+
+def pool_restart(consumer: Consumer, **kwargs: Any) -> dict[str, str]:
+    if not consumer.app.conf.worker_pool_restarts:
+        raise ValueError("Pool restarts not enabled")  # Celery's error reply
+    return nok("pool_restart is not supported by taskq: restart the worker (SIGHUP) instead")
+
+
+def add_consumer(
+    consumer: Consumer,
+    queue: str,
+    exchange: str | None = None,
+    exchange_type: str | None = None,
+    routing_key: str | None = None,
+    **options: Any,
+) -> dict[str, str]:
+    """Consume ``queue`` too: a known queue as declared, else a new one named after it."""
+    queues = consumer.app.broker.queues
+    if queue in queues:
+        declared = queues[queue]
+    else:
+        options = {k: v for k, v in options.items() if v is not None}
+        declared = queues.add(
+            KombuQueue.from_dict(
+                queue,
+                exchange=queue if exchange is None else exchange,
+                exchange_type=exchange_type or "direct",
+                routing_key=routing_key or options.pop("binding_key", None) or queue,
+                **options,
+            )
+        )
+    consumer.add_queue(declared)
+    return ok(f"add consumer {queue}")
+
+
+def cancel_consumer(consumer: Consumer, queue: str, **kwargs: Any) -> dict[str, str]:
+    consumer.cancel_queue(queue)
+    return ok(f"no longer consuming from {queue}")
+
+
+def _events(consumer: Consumer) -> Any:
+    return getattr(consumer, "events", None)
+
+
+def enable_events(consumer: Consumer, **kwargs: Any) -> dict[str, str]:
+    dispatcher = _events(consumer)
+    if dispatcher is None:
+        return nok("event dispatcher unavailable")
+    if dispatcher.task_events:
+        return ok("task events already enabled")
+    dispatcher.task_events = True
+    logger.info("Events of group {task} enabled by remote.")
+    return ok("task events enabled")
+
+
+def disable_events(consumer: Consumer, **kwargs: Any) -> dict[str, str]:
+    dispatcher = _events(consumer)
+    if dispatcher is None:
+        return nok("event dispatcher unavailable")
+    if not dispatcher.task_events:
+        return ok("task events already disabled")
+    dispatcher.task_events = False
+    logger.info("Events of group {task} disabled by remote.")
+    return ok("task events disabled")
+
+
+def heartbeat(consumer: Consumer, **kwargs: Any) -> dict[str, str] | None:
+    """Send a worker-heartbeat event now; the reply is None, as Celery's, once it is sent."""
+    dispatcher = _events(consumer)
+    if dispatcher is None:
+        return nok("event dispatcher unavailable")
+    logger.debug("Heartbeat requested by remote.")
+    dispatcher.heartbeat()
+    return None
+
+
+def election(consumer: Consumer, id: str, topic: str, action: Any = None, **kwargs: Any) -> None:  # noqa: A002
+    """Celery's gossip elections; taskq has no gossip, like a Celery worker ``--without-gossip``."""
+    return None
+
+
+CONTROL_HANDLERS: dict[str, Callable[..., Any]] = {
+    "revoke": revoke,
+    "terminate": terminate,
+    "revoke_by_stamped_headers": revoke_by_stamped_headers,
+    "rate_limit": rate_limit,
+    "time_limit": time_limit,
+    "shutdown": shutdown,
+    "pool_grow": pool_grow,
+    "pool_shrink": pool_shrink,
+    "autoscale": autoscale,
+    "pool_restart": pool_restart,
+    "add_consumer": add_consumer,
+    "cancel_consumer": cancel_consumer,
+    "enable_events": enable_events,
+    "disable_events": disable_events,
+    "heartbeat": heartbeat,
+    "election": election,
+}
+HANDLERS: dict[str, Callable[..., Any]] = {**INSPECT_HANDLERS, **CONTROL_HANDLERS}
 
 
 def listen(consumer: Consumer, connection: Connection) -> KombuConsumer:
-    """Start consuming this worker's pidbox queue (``<node>.celery.pidbox``) on ``connection``."""
-    node = mailbox_for(consumer.app).Node(
-        consumer.hostname, state=consumer, channel=connection.channel(), handlers=HANDLERS
-    )
-    kombu_consumer: KombuConsumer = node.listen()
+    """Start consuming this worker's pidbox queue (``<node>.celery.pidbox``) on ``connection``.
+
+    kombu answers a failing or unknown command with ``{"error": repr(exc)}``; what it lets
+    through (a reply that cannot be sent, a malformed request) is logged here, so no command
+    can stop the consume loop. A lost connection still propagates: the loop must reconnect.
+    """
+    mailbox = mailbox_for(consumer.app)
+    node = mailbox.Node(consumer.hostname, state=consumer, channel=connection.channel(), handlers=HANDLERS)
+
+    def on_message(body: Any, message: Any) -> None:
+        mailbox.clock.forward()  # clients rarely carry a useful clock (as Celery's Pidbox)
+        try:
+            node.handle_message(body, message)
+        except consumer.recoverable_errors:
+            raise
+        except Exception as exc:
+            logger.error("Control command error: %r", exc, exc_info=True)
+
+    kombu_consumer: KombuConsumer = node.listen(callback=on_message)
     return kombu_consumer
 
 
