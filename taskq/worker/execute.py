@@ -21,7 +21,7 @@ from typing import Any
 from taskq import _state, signals, states
 from taskq.backend.chord import fail_chain
 from taskq.canvas import Signature
-from taskq.exceptions import ExceptionInfo, Ignore, Reject, Retry
+from taskq.exceptions import ExceptionInfo, Ignore, Reject, Retry, Terminated
 from taskq.saferepr import saferepr
 from taskq.task import Context, Task
 
@@ -160,6 +160,8 @@ def execute(task: Task[Any, Any], context: Context, *, store_result: bool = True
         try:
             run.begin()
             retval = _call(task, context)
+        except Terminated:
+            raise  # revoke(terminate=True) stopped it: the pool reports it, the worker stores REVOKED
         except Exception as exc:
             return run.ended(exc=exc)
         return run.ended(retval)
@@ -180,6 +182,8 @@ async def execute_async(task: Task[Any, Any], context: Context, *, store_result:
             retval = task.run(*context.args, **context.kwargs)
             if inspect.isawaitable(retval):
                 retval = await retval
+        except Terminated:
+            raise
         except Exception as exc:
             return run.ended(exc=exc)
         return run.ended(retval)

@@ -129,3 +129,29 @@ def test_celery_client_revokes_on_a_taskq_worker(redis_url: str) -> None:
         node.stop()
         thread.join(15)
         app.close()
+
+
+def test_terminate_on_the_threads_pool_stores_revoked(app: Celery, worker: Worker) -> None:
+    """Terminated raised in the task's thread ends it as REVOKED (terminated), not as a failure."""
+    started = threading.Event()
+
+    # STARTED is stored, so the revoke itself cannot mark it REVOKED: only the terminate can.
+    @app.task(name="revoking.busy", track_started=True)
+    def busy() -> str:
+        started.set()
+        for _ in range(200):  # a Python-level loop: the raised exception lands between sleeps
+            time.sleep(0.05)
+        return "ran to the end"
+
+    result = busy.delay()
+    assert started.wait(10), "the task did not start"
+    deadline = time.monotonic() + 5
+    while result.state != states.STARTED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app.control.revoke(result.id, terminate=True)
+    deadline = time.monotonic() + 5
+    while result.state != states.REVOKED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert result.state == states.REVOKED
+    time.sleep(0.5)
+    assert result.state == states.REVOKED  # not overwritten by a FAILURE or a late SUCCESS
