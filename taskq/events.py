@@ -1,15 +1,16 @@
 """Monitoring events, Celery's wire: what Flower, ``celery events`` and ``events.State`` read.
 
 Events are best-effort, as in Celery: a broker problem drops them and is logged, never raised
-into a worker or a client. Unlike Celery's dispatcher, publishing happens on a sender thread
-of the dispatcher's own, so a slow or vanished broker never stalls the consume loop; the
-caller only appends to a bounded outbox. Events go out one per message (Celery's ``task.multi``
-batching is not used); the receiver accepts both forms.
+into a worker or a client. Publishing happens on a sender thread of the dispatcher's own, so a
+slow or vanished broker never stalls the consume loop: the caller only appends to a bounded
+outbox. Task events that wait there together go out as one ``task.multi`` list, Celery's
+batch; an event sent alone goes alone, with its own routing key.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import math
 import os
@@ -17,8 +18,9 @@ import platform
 import socket
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Producer
@@ -37,6 +39,8 @@ logger = logging.getLogger("taskq.events")
 
 HEARTBEAT_FREQ = 2.0  # Celery's worker heartbeat interval, sent as ``freq``
 OUTBOX_MAX = 10_000  # events waiting for the sender thread; past it new ones are dropped
+BATCH_MAX = 100  # task events in one task.multi message
+LINGER = 0.02  # seconds an event waits for others to share its publish
 RECONNECT_DELAY = 5.0  # after a failed publish, events are dropped this long before a new try
 FANOUT_TRANSPORTS = frozenset({"redis", "gcpubsub"})  # where Celery makes the exchange fanout
 SOFTWARE_INFO = {"sw_ident": "py-celery", "sw_ver": __version__, "sw_sys": platform.system()}
@@ -97,6 +101,7 @@ class EventDispatcher:
     ) -> None:
         self.app = app
         self.hostname = hostname or anon_nodename()
+        self._anonymous = hostname is None  # a forked child renames itself: the name has the pid
         self.enabled = enabled
         #: send ``task-*`` events (``-E``; remote control's enable_events/disable_events flip it)
         self.task_events = task_events
@@ -119,6 +124,7 @@ class EventDispatcher:
         self._closed = False
         self._sender: threading.Thread | None = None
         self._pid = os.getpid()
+        _dispatchers.add(self)
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's keyword
@@ -128,15 +134,14 @@ class EventDispatcher:
         if self.groups and type.partition("-")[0] not in self.groups:
             return
         with self._cond:  # stamped under the lock: clocks go out in order, whatever the thread
-            if self._pid != os.getpid():  # forked: the sender thread and connection stayed behind
-                self._after_fork()
             event = {"hostname": self.hostname, "utcoffset": utcoffset(), "pid": self._pid,
                      "clock": self.clock.forward(), **fields, "timestamp": time.time(), "type": type}  # fmt: skip
             if len(self._outbox) >= OUTBOX_MAX:
                 self.dropped += 1
                 return
             self._outbox.append(event)
-            self._cond.notify()
+            if len(self._outbox) in (1, BATCH_MAX):  # wake the sender only when it has work to start
+                self._cond.notify()
             if self._sender is None:
                 self._sender = threading.Thread(target=self._run, name="taskq-events", daemon=True)
                 self._sender.start()
@@ -156,8 +161,7 @@ class EventDispatcher:
 
     def heartbeat(self, type: str = "worker-heartbeat") -> None:  # noqa: A002
         """Tell monitors this worker lives (also the answer to the ``heartbeat`` command)."""
-        if signals.heartbeat_sent.receivers_for(self):
-            signals.heartbeat_sent.send(sender=self)
+        signals.heartbeat_sent.send(sender=self)
         self.send(type, **self.worker_info())
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -189,7 +193,11 @@ class EventDispatcher:
 
     # -- the sender thread ------------------------------------------------------------------
     def _after_fork(self) -> None:
+        """In a forked child: the sender thread stayed behind, and a lock may be held forever."""
+        self._cond = threading.Condition()
+        self.clock.mutex = threading.Lock()
         self._pid, self._sender, self._outbox = os.getpid(), None, deque()
+        self.hostname = anon_nodename() if self._anonymous else self.hostname
         self._connection = self._producer = None  # the parent's sockets: never touch them
         self._busy = False
 
@@ -199,36 +207,44 @@ class EventDispatcher:
                 self._busy = False
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: bool(self._outbox))
+                # A moment for more events to join this one's message: a publish costs far
+                # more than an event, and the consumer thread needs the CPU meanwhile.
+                self._cond.wait_for(
+                    lambda: len(self._outbox) >= BATCH_MAX or self._outbox[-1] is _STOP, LINGER
+                )
                 batch = list(self._outbox)
                 self._outbox.clear()
                 self._busy = True
-            for event in batch:
-                if event is _STOP:
-                    with self._cond:
-                        self._busy = False
-                        self._cond.notify_all()
-                    return
-                self._publish(event)
+            stop = batch[-1] is _STOP
+            for message in _messages(batch[:-1] if stop else batch):
+                self._publish(message)
+            if stop:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+                return
 
-    def _publish(self, event: dict[str, Any]) -> None:
+    def _publish(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
+        count = len(body) if isinstance(body, list) else 1
         if self._producer is None:
             if time.monotonic() < self._retry_at:
-                self.dropped += 1
+                self.dropped += count
                 return
             try:
                 self._connect()
             except Exception as exc:
-                self._failed(exc)
+                self._failed(exc, count)
                 return
         assert self._producer is not None and self._exchange is not None
+        routing_key = "task.multi" if isinstance(body, list) else body["type"].replace("-", ".")
         try:
             self._producer.publish(
-                event, exchange=self._exchange, routing_key=event["type"].replace("-", "."),
+                body, exchange=self._exchange, routing_key=routing_key,
                 declare=[self._exchange], serializer=self.serializer, retry=False,
                 headers={"hostname": self.hostname}, delivery_mode=self.delivery_mode,
             )  # fmt: skip
         except Exception as exc:
-            self._failed(exc)
+            self._failed(exc, count)
             return
         if self._failing:
             self._failing = False
@@ -241,8 +257,8 @@ class EventDispatcher:
         self._exchange = event_exchange(self._connection, self.app.conf.event_exchange)
         self._producer = Producer(self._connection.default_channel, serializer=self.serializer)
 
-    def _failed(self, exc: BaseException) -> None:
-        self.dropped += 1
+    def _failed(self, exc: BaseException, count: int) -> None:
+        self.dropped += count
         if not self._failing:
             self._failing = True
             logger.warning("Events: cannot publish (%r); dropping events for now", exc)
@@ -256,6 +272,28 @@ class EventDispatcher:
                 connection.collect()  # no close handshake: the peer may be gone
             except Exception as exc:
                 logger.debug("events: discarding the connection: %r", exc)
+
+
+def _messages(events: list[dict[str, Any]]) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
+    """The messages for events that waited together: task events that came in a row go as one
+    ``task.multi`` list (Celery's batch, at most ``BATCH_MAX``), everything else one by one.
+
+    A publish costs far more than an event's share of a list (kombu's Redis transport makes a
+    client per publish), so under load this keeps the sender ahead; an idle worker's events,
+    which never wait together, still go out singly at once.
+    """
+    run: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"].startswith("task-") and len(run) < BATCH_MAX:
+            run.append(event)
+            continue
+        if run:
+            yield run if len(run) > 1 else run[0]
+        run = [event] if event["type"].startswith("task-") else []
+        if not run:
+            yield event
+    if run:
+        yield run if len(run) > 1 else run[0]
 
 
 class Events:
@@ -317,8 +355,6 @@ class Events:
             if self._client is None:
                 self._client = EventDispatcher(self.app)
                 atexit.register(self._client.flush, 2.0)  # a script's last task-sent still goes out
-        if self._client.hostname != anon_nodename():  # forked since: the name has the pid
-            self._client.hostname = anon_nodename()
         self._client.send(
             "task-sent", uuid=headers["id"], root_id=headers.get("root_id"),
             parent_id=headers.get("parent_id"), name=headers["task"], args=headers.get("argsrepr"),
@@ -329,6 +365,18 @@ class Events:
 
 
 _events_lock = threading.Lock()
+_dispatchers: weakref.WeakSet[EventDispatcher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _events_lock
+    _events_lock = threading.Lock()
+    for dispatcher in list(_dispatchers):
+        dispatcher._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # prefork children, and any task that forks
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def events_of(app: App) -> Events:
@@ -342,12 +390,7 @@ def events_of(app: App) -> Events:
 
 def __getattr__(name: str) -> Any:
     """``EventReceiver`` and ``State`` live in modules of their own, imported on first use."""
-    if name == "EventReceiver":
-        from taskq.events_receiver import EventReceiver
-
-        return EventReceiver
-    if name == "State":
-        from taskq.events_state import State
-
-        return State
+    modules = {"EventReceiver": "taskq.events_receiver", "State": "taskq.events_state"}
+    if name in modules:
+        return getattr(importlib.import_module(modules[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -358,3 +358,65 @@ def test_exchange_type_follows_the_transport() -> None:
     assert event_exchange(Connection("redis://localhost")).type == "fanout"
     assert event_exchange(Connection("amqp://localhost")).type == "topic"
     assert event_exchange(Connection("amqp://localhost"), "custom").name == "custom"
+
+
+def test_task_events_that_wait_together_go_as_one_batch(redis_url: str) -> None:
+    """Under load task events share a ``task.multi`` message, as a Celery worker's do."""
+    import redis
+
+    app = Celery("ev", broker=redis_url, set_as_current=False)
+    db = int(redis_url.rsplit("/", 1)[1])
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(f"/{db}.celeryev/*")
+    assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
+    dispatcher = EventDispatcher(app, "batcher@host", task_events=True)
+    dispatcher.task("task-started", uuid="alone")
+    assert dispatcher.flush(10)
+    for i in range(30):
+        dispatcher.task("task-started", uuid=str(i))
+    dispatcher.heartbeat()
+    dispatcher.close()
+    messages = []
+    while (message := pubsub.get_message(timeout=2)) is not None:
+        body = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+        messages.append((message["channel"].decode().rsplit("/", 1)[1], body))
+    pubsub.close()
+    client.close()
+    app.close()
+    assert messages[0][0] == "task.started" and messages[0][1]["uuid"] == "alone"
+    batches = [body for key, body in messages if key == "task.multi"]
+    assert batches and all(isinstance(b, list) for b in batches)
+    assert [e["uuid"] for b in batches for e in b] == [str(i) for i in range(30)]
+    assert messages[-1][0] == "worker.heartbeat" and isinstance(messages[-1][1], dict)
+
+
+def test_a_forked_child_sends_with_a_sender_of_its_own(redis_url: str) -> None:
+    """A prefork child (or a task that forks) must not reuse the parent's thread, socket or locks."""
+    import multiprocessing
+
+    app = Celery("ev", broker=redis_url, set_as_current=False)
+    dispatcher = EventDispatcher(app)  # anonymous: gen<pid>@host, so the child renames itself
+
+    def child() -> None:
+        dispatcher.send("probe-child")
+        dispatcher.close(timeout=10)
+
+    with Collector(app) as seen:
+        dispatcher.send("probe-parent")
+        assert dispatcher.flush(10)
+        with dispatcher._cond:  # held at fork time, as by a sender mid-batch: the child must not hang
+            proc = multiprocessing.get_context("fork").Process(target=child)
+            proc.start()
+        proc.join(20)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+            pytest.fail("the forked child hung")
+        assert proc.exitcode == 0
+        event = seen.wait_for("the child's event", lambda e: e["type"] == "probe-child")[0]
+    assert event["pid"] == proc.pid and event["hostname"].startswith(f"gen{proc.pid}@")
+    parent = next(e for e in seen.events if e["type"] == "probe-parent")
+    assert parent["hostname"] == dispatcher.hostname != event["hostname"]
+    dispatcher.close()
+    app.close()

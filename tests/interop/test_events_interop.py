@@ -189,19 +189,8 @@ def test_celery_monitors_read_a_taskq_worker(broker: str, tmp_path: Path) -> Non
     client.conf.task_send_sent_event = True
     ours, theirs = Events("taskq receiver"), Events("Celery receiver")
     node = f"tq-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
-    argv = [
-        str(BIN / "taskq"),
-        "-A",
-        "evapp_taskq",
-        "worker",
-        "-P",
-        "threads",
-        "-E",
-        "-l",
-        "INFO",
-        "-n",
-        node,
-    ]
+    pool = ["-P", "threads"] if broker.startswith("redis") else ["-P", "prefork", "-c", "2"]  # both pools
+    argv = [str(BIN / "taskq"), "-A", "evapp_taskq", "worker", *pool, "-E", "-l", "INFO", "-n", node]
     with taskq_monitor(client, ours), celery_monitor(broker, theirs):
         until_listening(client, ours, theirs)
         worker = Proc(argv, tmp_path, "taskq-worker")
