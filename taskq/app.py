@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from taskq.broker import Broker
     from taskq.canvas import Signature
     from taskq.control import Control
+    from taskq.events import Events
     from taskq.result import GroupResult
 
 logger = logging.getLogger("taskq.app")
@@ -225,6 +226,13 @@ class App:
 
             self._control = Control(self)
         return self._control
+
+    @property
+    def events(self) -> Events:
+        """Monitoring events: ``Dispatcher``, ``Receiver`` and ``State``, called as Celery's are."""
+        from taskq.events import events_of
+
+        return events_of(self)
 
     def signature(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature bound to this app: ``app.signature("tasks.add", args=(2, 2), countdown=10)``."""

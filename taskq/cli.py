@@ -8,7 +8,6 @@ option to the command it belongs to before click parses the line.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ import click
 
 from taskq import __version__
 from taskq.app import App
+from taskq.cli_commands import register as register_commands
 from taskq.exceptions import ImproperlyConfigured, OperationalError
 
 # Global options: (names, takes a value)
@@ -213,9 +213,9 @@ def _not_yet(flag: str, what: str) -> None:
     "--events",
     "task_events",
     is_flag=True,
-    help="Send task events (not yet: accepted, warned).",
+    help="Send task events (task-received, -started, -succeeded, ...) for monitors such as Flower.",
 )
-@click.option("--without-heartbeat", is_flag=True, hidden=True)
+@click.option("--without-heartbeat", is_flag=True, help="Send no worker-online/heartbeat/offline events.")
 @click.option("--without-gossip", is_flag=True, hidden=True)
 @click.option("--without-mingle", is_flag=True, hidden=True)
 @click.option(
@@ -271,10 +271,6 @@ def worker(settings: Settings, **opts: Any) -> None:
     app = settings.app
     if pidfile:
         daemon.pidlock(pidfile, "the worker")
-    if opts["task_events"]:
-        logging.getLogger("taskq.worker").warning(
-            "-E: task events are not implemented yet; none will be sent"
-        )
     multiplier = 1 if opts["optimization"] == "fair" else opts["prefetch_multiplier"]
     try:
         node = Worker(
@@ -295,6 +291,8 @@ def worker(settings: Settings, **opts: Any) -> None:
             autoscale=autoscale,
             time_limit=opts["time_limit"],
             soft_time_limit=opts["soft_time_limit"],
+            task_events=True if opts["task_events"] else None,  # without -E: worker_send_task_events
+            without_heartbeat=opts["without_heartbeat"],
         )
     except ImportError as exc:
         raise click.ClickException(f"cannot import {exc.name or exc} (listed in imports/include)") from None
@@ -344,6 +342,9 @@ def beat(settings: Settings, **opts: Any) -> None:
     from taskq.beat_command import run_beat
 
     run_beat(settings.app, quiet=settings.quiet, **opts)
+
+
+register_commands(cli)  # inspect, control, status, call, purge, result, events, shell, report, list
 
 
 def reorder_args(argv: Sequence[str]) -> list[str]:

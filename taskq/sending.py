@@ -129,6 +129,9 @@ def send_task(
         sender=name, body=message.body, headers=message.headers,
         exchange=destination.exchange, routing_key=destination.routing_key,
     )  # fmt: skip
+    if conf.task_send_sent_event:  # Celery's queue: the routed one's name, None for an exchange
+        queue_name = destination.declare[0].name if destination.declare else None
+        app.events.task_sent(message.headers, queue_name, destination.exchange, destination.routing_key)
     if parent is not None and options.get("add_to_parent", True):
         parent.children.append(result)
     return result

@@ -14,7 +14,7 @@ import logging
 import queue
 import signal as signal_module
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
+from taskq.events import EventDispatcher
 from taskq.exceptions import (
     NotRegistered,
     OperationalError,
@@ -31,6 +32,7 @@ from taskq.exceptions import (
 from taskq.message import parse
 from taskq.worker import outcomes, prefetch
 from taskq.worker.control import Revoked, signal_number
+from taskq.worker.events import received_fields
 from taskq.worker.execute import Outcome
 from taskq.worker.pools import Job, Pool
 from taskq.worker.ratelimit import RATE_LIMITED_HELD_MAX, RateLimits
@@ -84,11 +86,18 @@ class Consumer:
         self._qos_extra = 0
         self.stopping = False
         self.processed = 0
+        self.total: Counter[str] = Counter()  # tasks started, by name (inspect stats)
+        self.started_at = time.time()
         #: longest a drain blocks while nothing runs: how soon an idle worker notices stop()
         self.idle_wait = 1.0
         self.revoked = Revoked()
         self.remote_control = bool(app.conf.worker_enable_remote_control)
         self._pidbox: KombuConsumer | None = None
+        #: monitoring events (task events with -E; the worker starts its heartbeat)
+        self.events = EventDispatcher(
+            app, hostname, task_events=bool(app.conf.worker_send_task_events),
+            worker_fields=lambda: {"active": len(self.active), "processed": self.processed},
+        )  # fmt: skip
         self.recoverable_errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
 
     # -- connection -------------------------------------------------------------------------
@@ -142,6 +151,23 @@ class Consumer:
                 self._pidbox_retry_at = time.monotonic() + 5.0
                 logger.warning("Remote control unavailable: %s. Trying again in 5 s", exc)
         logger.info("Connected to %s", broker.masked_url)
+
+    def add_queue(self, queue: Queue) -> None:
+        """Consume ``queue`` too, now and after reconnects (remote control's add_consumer)."""
+        if all(q.name != queue.name for q in self.queues):
+            self.queues = [*self.queues, queue]
+            if self._kombu_consumer is not None:
+                self._kombu_consumer.add_queue(queue)
+                self._kombu_consumer.consume()
+            logger.info("Started consuming from %s", queue.name)
+
+    def cancel_queue(self, name: str) -> None:
+        """Stop consuming the queue ``name``; messages already received still run."""
+        if any(q.name == name for q in self.queues):
+            logger.info("Canceling queue %s", name)
+            self.queues = [q for q in self.queues if q.name != name]
+            if self._kombu_consumer is not None:
+                self._kombu_consumer.cancel_by_queue(name)
 
     def wants_more(self) -> bool:
         """Whether to reserve another message now (see docs/worker.md, "Prefetch")."""
@@ -236,6 +262,7 @@ class Consumer:
         logger.info("Task %s[%s] received", request.name, request.id)
         if self._skip(request):
             return
+        self.events.task("task-received", **received_fields(req))
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
             heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
             # Past eta_limit an ETA message holds a prefetch slot, so a flood of ETA tasks
@@ -270,7 +297,7 @@ class Consumer:
         held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
         held += self.rate_limits.remove(lambda r: r.id not in self.revoked)
         for request in held:
-            outcomes.discard(self.app, request, "revoked")
+            outcomes.discard(self.app, request, "revoked", events=self.events)
         if held:
             self.ready = deque(r for r in self.ready if r not in held)
             self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
@@ -291,13 +318,13 @@ class Consumer:
 
     def _skip(self, request: Request) -> bool:
         """Discard a request that must not run (revoked, or past its expiry); True if it was."""
-        if request.id in self.revoked:
+        if request.id in self.revoked or self.revoked.stamped(request.req.headers):
             reason = "revoked"
         elif request.req.expires is not None and request.req.expires <= datetime.now(timezone.utc):
             reason = "expired"
         else:
             return False
-        outcomes.discard(self.app, request, reason)
+        outcomes.discard(self.app, request, reason, events=self.events)
         return True
 
     # -- dispatching ------------------------------------------------------------------------
@@ -337,6 +364,7 @@ class Consumer:
                 logger.info("could not ack %s before starting it (%r); left for redelivery", request, exc)
                 return
         self.active.add(request)
+        self.total[request.req.name] += 1
         hard, soft = request.time_limits()
         request.job = Job(
             request.task,
@@ -345,6 +373,7 @@ class Consumer:
             soft_limit=soft,
             hard_limit=hard,
         )
+        self.events.task("task-started", uuid=request.id)
         self.pool.submit(request.job)
 
     def _completed(self, request: Request, outcome: Outcome | BaseException) -> None:
@@ -355,7 +384,7 @@ class Consumer:
         self.active.discard(request)
         self.processed += 1
         try:
-            outcomes.settle(self.app, request, outcome, stopping=self.stopping)
+            outcomes.settle(self.app, request, outcome, stopping=self.stopping, events=self.events)
         except self.recoverable_errors as exc:
             logger.info(
                 "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from taskq import __version__, signals
 from taskq.daemon import node_format
 from taskq.worker.consumer import Consumer
+from taskq.worker.events import Heart
 from taskq.worker.pools import create_pool
 from taskq.worker.statedb import StateDB
 
@@ -83,6 +84,8 @@ class Worker:
         autoscale: tuple[int, int] | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        task_events: bool | None = None,
+        without_heartbeat: bool = False,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -116,6 +119,10 @@ class Worker:
             raise ValueError("no queues left to consume (all excluded with -X)")
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
         self.consumer = Consumer(app, self.pool, selected, self.hostname, multiplier)
+        if task_events is not None:  # -E; else worker_send_task_events decides
+            self.consumer.events.task_events = task_events
+        # worker-online/heartbeat/offline, which monitors need to list this worker at all
+        self.heart = None if without_heartbeat else Heart(self.consumer.events)
         if autoscale is not None:
             if self.pool_name not in ("prefork", "processes", "asyncio"):
                 raise ValueError(f"--autoscale needs -P prefork (or asyncio), not -P {self.pool_name}")
@@ -230,6 +237,8 @@ class Worker:
         signals.worker_ready.send(sender=self)
         if self.beat is not None:
             self.beat.start()
+        if self.heart is not None:
+            self.heart.start()
         try:
             self.consumer.loop()
         finally:
@@ -239,6 +248,9 @@ class Worker:
                 sender=self.hostname, sig=None, how="Cold" if self._cold else "Warm", exitcode=0
             )
             self.consumer.shutdown(graceful=not self._cold)
+            if self.heart is not None:  # once no task event can follow it
+                self.heart.stop()
+            self.consumer.events.close()
             if self.statedb is not None:
                 self.statedb.save_quietly(self.consumer.revoked)
             signals.worker_shutdown.send(sender=self)
