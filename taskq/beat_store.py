@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from taskq.files import write_atomically
 
 __all__ = ["FORMAT", "VERSION", "EntryState", "ScheduleFile", "StoredSchedule"]
 
@@ -136,32 +137,4 @@ class ScheduleFile:
             "entries": {name: state.to_json() for name, state in sorted(stored.entries.items())},
         }
         data = json.dumps(document, indent=1, sort_keys=False).encode("utf-8") + b"\n"
-        directory = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomically(self.path, data)

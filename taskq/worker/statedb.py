@@ -21,9 +21,9 @@ import json
 import logging
 import math
 import os
-import uuid
 from typing import Any
 
+from taskq.files import write_atomically
 from taskq.worker.control import Revoked
 
 __all__ = ["FORMAT_VERSION", "StateDB"]
@@ -67,22 +67,7 @@ class StateDB:
     def save(self, revoked: Revoked) -> None:
         """Write the live ids atomically; raises OSError when the file cannot be written."""
         data = {_KEY: FORMAT_VERSION, "revoked": revoked.snapshot()}
-        directory, name = os.path.split(self.path)
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _sync_directory(directory)
+        write_atomically(self.path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
     def save_quietly(self, revoked: Revoked) -> bool:
         """``save`` for places that must go on (a control command, shutdown): failure is logged."""
@@ -126,17 +111,3 @@ def _entries(data: Any) -> dict[str, float]:
         for tid, at in saved.items()
         if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at)
     }
-
-
-def _sync_directory(directory: str) -> None:
-    """Make the rename itself durable (best effort: not every system lets a directory be opened)."""
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
