@@ -84,6 +84,8 @@ class Consumer:
         self.connection: Connection | None = None
         self._kombu_consumer: KombuConsumer | None = None
         self._qos_extra = 0
+        #: Redis messages taken but not recorded as unacked when the connection died (prefetch.py)
+        self._orphans: list[tuple[Any, str, str]] = []
         self.stopping = False
         self.processed = 0
         self.total: Counter[str] = Counter()  # tasks started, by name (inspect stats)
@@ -140,6 +142,10 @@ class Consumer:
         self._apply_qos()
         if self.prefetch_multiplier:
             prefetch.fetch_only_when(channel, self.wants_more)
+        if self._orphans:
+            count = prefetch.restore_orphans(channel, self._orphans)
+            logger.warning("Returned %d message(s) taken just as the broker went away to their queue", count)
+        prefetch.keep_orphans(channel, self._orphans)
         self._kombu_consumer.consume()
         self._pidbox_retry_at = 0.0  # while remote control is closed: when to try again
         if self.remote_control:

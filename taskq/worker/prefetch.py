@@ -48,3 +48,41 @@ def qos_global(connection: Connection | None, queues: Iterable[Queue]) -> bool:
     return not any(
         (getattr(q, "queue_arguments", None) or {}).get("x-queue-type") == "quorum" for q in queues
     )
+
+
+def keep_orphans(channel: Any, orphans: list[tuple[Any, str, str]]) -> None:
+    """Remember a Redis message taken off its queue when its unacked record could not be written.
+
+    kombu's Redis transport takes a message with BRPOP, then records it in the ``unacked`` hash
+    in a second round trip. If Redis goes away between the two, the message is in no queue and
+    no hash: only this process has it, and the delivery fails before the consumer sees it. Kept
+    here, it is put back at the head of its queue as soon as the worker reconnects
+    (``restore_orphans``), so a restart under load loses nothing.
+    """
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "unacked_key"):  # not kombu's Redis QoS
+        return
+    record = qos.append
+
+    def append(_self: Any, message: Any, delivery_tag: Any) -> None:
+        try:
+            record(message, delivery_tag)
+        except Exception:
+            info = message.delivery_info
+            orphans.append((message._raw, info["exchange"], info["routing_key"]))
+            raise
+
+    qos.append = types.MethodType(append, qos)
+
+
+def restore_orphans(channel: Any, orphans: list[tuple[Any, str, str]]) -> int:
+    """Put kept messages back at the head of their queues (marked redelivered); how many."""
+    restored = 0
+    while orphans:
+        payload, exchange, routing_key = orphans[0]
+        with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+            channel._do_restore_message(payload, exchange, routing_key, pipe)  # next in line
+            pipe.execute()
+        orphans.pop(0)
+        restored += 1
+    return restored

@@ -125,7 +125,6 @@ def test_200_sleeping_coroutines_run_at_once(app: Celery) -> None:
         started = time.monotonic()
         for job in jobs:
             pool.submit(job)
-        assert pool.free_slots == 0
         results = [collector.next() for _ in jobs]
         elapsed = time.monotonic() - started
     finally:
