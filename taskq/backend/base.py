@@ -96,6 +96,8 @@ class ResultBackend:
     persistent = True
     #: whether ``get()`` can wait without polling
     supports_native_wait = False
+    #: whether a task's state can be looked up by id (rpc:// only sends replies to the caller)
+    keeps_state = True
 
     def __init__(self, app: App, url: str | None = None) -> None:
         self.app = app
@@ -365,6 +367,7 @@ class DisabledBackend(ResultBackend):
     """No result backend configured: storing is a no-op, reading is a clear error."""
 
     persistent = False
+    keeps_state = False
 
     def __init__(self, app: App, url: str | None = None) -> None:
         self.app = app

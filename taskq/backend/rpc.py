@@ -157,6 +157,7 @@ class RPCBackend(ResultBackend):
 
     persistent = False
     supports_native_wait = True
+    keeps_state = False
 
     def __init__(self, app: App, url: str | None = None) -> None:
         super().__init__(app, url)

@@ -292,8 +292,13 @@ class Consumer:
 
     def revoke(self, task_ids: list[str], terminate: bool = False, signal: str | int | None = None) -> None:
         """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
+        # rpc:// keeps no state to look at or overwrite (a reply needs the message's reply_to):
+        # its REVOKED is sent when the message itself is discarded.
+        keeps_state = self.app.backend.keeps_state
         for task_id in task_ids:
             self.revoked.add(task_id)
+            if not keeps_state:
+                continue
             try:
                 if self.app.backend.get_task_meta(task_id)["status"] in REVOCABLE_STATES:
                     self.app.backend.mark_as_revoked(task_id, "revoked")
