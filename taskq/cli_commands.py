@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from taskq.check_compat import check_compat
 from taskq.cli_control import control, inspect, status
 from taskq.cli_events import events
 from taskq.cli_info import list_, report
@@ -15,6 +16,7 @@ from taskq.cli_tools import call, purge, result, shell
 
 COMMANDS: tuple[click.Command, ...] = (
     call,
+    check_compat,
     control,
     events,
     inspect,
