@@ -112,7 +112,6 @@ def _own_attribute(cls: type, name: str) -> Any:
 def check_tasks(app: Any) -> tuple[list[str], list[Finding]]:
     names = sorted(n for n in app.tasks if not n.startswith("celery."))
     out: list[Finding] = []
-    wraps: dict[str, list[str]] = {}
     for name in names:
         cls = type(app.tasks[name])
         # Celery's Task.bind() copies settings onto each task class: those are not the app's options
@@ -126,16 +125,6 @@ def check_tasks(app: Any) -> tuple[list[str], list[Finding]]:
                 out.append(
                     Finding(level, "tasks", f"{name}: {option}={_shown(option, value)}", f"{label}: {why}")
                 )
-        wrapper = next((c for c in cls.__mro__ if "__call__" in vars(c)), None)
-        if wrapper is not None and not _library_class(wrapper):
-            wraps.setdefault(f"{wrapper.__module__}.{wrapper.__qualname__}", []).append(name)
-    for definer, tasks in wraps.items():
-        why = (
-            f"Celery's worker calls it around each run of {', '.join(tasks)}; taskq's calls run() "
-            "directly, so it would be skipped: move it to before_start/after_return or to the "
-            "task_prerun/task_postrun signals"
-        )
-        out.append(Finding(ERROR, "tasks", f"{definer}.__call__", why))
     return names, out
 
 

@@ -84,8 +84,14 @@ def _portable_exc(exc: BaseException) -> BaseException:
     return exc
 
 
+def _entry(task: Task[Any, Any]) -> Any:
+    """``task`` itself when its class overrides ``__call__`` (a base class wrapping every run, e.g.
+    in a database session, as Celery allows), else its ``run``: the call Celery's worker makes."""
+    return task if type(task).__call__ is not Task.__call__ else task.run
+
+
 def _call(task: Task[Any, Any], context: Context) -> Any:
-    result = task.run(*context.args, **context.kwargs)
+    result = _entry(task)(*context.args, **context.kwargs)
     if inspect.iscoroutine(result):
         # A coroutine task outside an event-loop pool still runs: on a loop of its own.
         return asyncio.run(result)
@@ -179,7 +185,7 @@ async def execute_async(task: Task[Any, Any], context: Context, *, store_result:
     try:
         try:
             run.begin()
-            retval = task.run(*context.args, **context.kwargs)
+            retval = _entry(task)(*context.args, **context.kwargs)
             if inspect.isawaitable(retval):
                 retval = await retval
         except Terminated:

@@ -241,7 +241,7 @@ def test_task_options_and_methods(project: Any) -> None:
     report = check(project({"celery.py": APP, "tasks.py": tasks}))
     found = levels(report, "tasks")
     name = report.app
-    assert found[f"{name}.tasks.Timed.__call__"] == "error"
+    assert not any("__call__" in subject for subject in found)  # the worker calls it, as Celery's
     assert found[f"{name}.tasks.quiet: trail=False"] == "warning"
     assert found[f"{name}.tasks.quiet: throws=(<class 'KeyError'>,)"] == "warning"
     assert found[f"{name}/tasks.py:9 Timed.shadow_name"] == "warning"
