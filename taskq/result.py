@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from taskq import _state, states
+from taskq.exceptions import TimeoutError as ResultTimeout
 from taskq.message import parse_time
 
 if TYPE_CHECKING:
@@ -148,17 +149,23 @@ class AsyncResult(Generic[R]):
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
         on_interval: Callable[[], None] | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
         **kwargs: Any,
     ) -> R:
         """Wait for the task and return its value; re-raise its exception when ``propagate``.
 
-        Raises ``taskq.exceptions.TimeoutError`` after ``timeout`` seconds.
+        ``on_message(meta)`` is called with each state the task stores while waiting (a custom
+        ``PROGRESS``, ``STARTED``, ``RETRY``) and with the final one, as in Celery. Raises
+        ``taskq.exceptions.TimeoutError`` after ``timeout`` seconds.
         """
         if disable_sync_subtasks:
             _refuse_inside_task()
-        meta = self._cache or self.backend.wait_for(
-            self.id, timeout=timeout, interval=interval, on_interval=on_interval
-        )
+        if self._cache is None and on_message is not None:
+            meta = self._wait_reporting(timeout, interval, on_interval, on_message)
+        else:
+            meta = self._cache or self.backend.wait_for(
+                self.id, timeout=timeout, interval=interval, on_interval=on_interval
+            )
         self._cache = meta
         if self._callbacks:
             self._fire()
@@ -167,6 +174,31 @@ class AsyncResult(Generic[R]):
         return self.result
 
     wait = get
+
+    def _wait_reporting(
+        self,
+        timeout: float | None,
+        interval: float,
+        on_interval: Callable[[], None] | None,
+        on_message: Callable[[dict[str, Any]], Any],
+    ) -> dict[str, Any]:
+        """Poll the stored state and report every change: the backends notify only the final one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = min(interval, 0.05)  # progress is worth seeing promptly
+        seen: tuple[str, str] | None = None
+        while True:
+            meta = self.backend.get_task_meta(self.id)
+            shown = (meta["status"], repr(meta.get("result")))
+            if meta["status"] != states.PENDING and shown != seen:
+                seen = shown
+                on_message(meta)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if on_interval is not None:
+                on_interval()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"the operation timed out after {timeout} s (task {self.id})")
+            time.sleep(step if deadline is None else min(step, max(deadline - time.monotonic(), 0)))
 
     def then(
         self,
@@ -236,8 +268,10 @@ class EagerResult(AsyncResult[R]):
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
         on_interval: Callable[[], None] | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
         **kwargs: Any,
     ) -> R:
+        # Already finished: like Celery's EagerResult, nothing is reported to on_message.
         if propagate and self.state in states.PROPAGATE_STATES:
             raise self.result
         return self.result

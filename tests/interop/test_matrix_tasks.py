@@ -119,12 +119,6 @@ def progress(self, gate, wait=30):
     return "finished" if records.exists(gate) else "the gate never opened"
 """
 
-ON_MESSAGE_GAP = (
-    "taskq's AsyncResult.get() swallows on_message in **kwargs and never calls it: the "
-    "backends' wait_for() only return the ready meta (rpc: _Reader.put keeps the latest state; "
-    "redis: the pub/sub subscriber keeps only ready metas), so intermediate states never reach "
-    "the caller"
-)
 
 TASK_NAMES = {
     "record": "matrix.record",
@@ -455,8 +449,6 @@ def test_progress_reported_to_get_on_message(cell: Cell, request: pytest.Fixture
     client that already waited must use): each state arrives as it is stored, so the callback can
     open the gate the running task waits on.
     """
-    if cell.client_side == "taskq":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ON_MESSAGE_GAP))
     gate = f"{cell.fleet.prefix}gate-{time.monotonic_ns()}"
     seen: list[tuple[str, Any]] = []
 
