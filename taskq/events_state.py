@@ -238,7 +238,10 @@ class State:
         hostname = event.get("hostname")
         if not hostname:
             return None
-        worker, created = self.get_or_create_worker(hostname)
+        if subject == "offline" and hostname not in self.workers:
+            worker, created = Worker(hostname), False  # as Celery: an unknown node leaving is not kept
+        else:
+            worker, created = self.get_or_create_worker(hostname)
         worker.event(subject, event.get("timestamp"), event.get("local_received"), event)
         if self.on_node_join is not None and (created or subject == "online"):
             self.on_node_join(worker)

@@ -93,6 +93,8 @@ def send_task(
         stamps=options.get("stamps"),
         extra_headers=options.get("headers"),
     )
+    if options.get("origin") is not None:  # Celery hands it on as a property too (retries do)
+        message.properties["origin"] = options["origin"]
     broker = app.broker
     route = broker.router.route_options(name, args, kwargs, options, task=task)
     destination = broker.router.destination(route)

@@ -64,7 +64,9 @@ class Queues:
 
     def __init__(self, conf: Settings) -> None:
         self.conf = conf
-        self._queues: dict[str, Queue] = {q.name: q for q in _queues_from_setting(conf.task_queues)}
+        self._queues: dict[str, Queue] = {}
+        for queue in _queues_from_setting(conf.task_queues):
+            self.add(queue)
         self.default_name: str = conf.task_default_queue
         self._queues.setdefault(self.default_name, self._default_queue())
 
@@ -111,6 +113,11 @@ class Queues:
         return [self[n] for n in names if n not in skip]
 
     def add(self, queue: Queue) -> Queue:
+        """Celery's ``Queues.__setitem__``: a queue without ``x-max-priority`` gets the setting's."""
+        if self.conf.task_queue_max_priority is not None:
+            arguments = dict(getattr(queue, "queue_arguments", None) or {})
+            arguments.setdefault("x-max-priority", self.conf.task_queue_max_priority)
+            queue.queue_arguments = arguments  # type: ignore[attr-defined]
         self._queues[queue.name] = queue
         return queue
 
