@@ -42,13 +42,30 @@ log "lint and types"
 .venv/bin/ruff format --check .
 .venv/bin/mypy taskq
 
+run_pytest() {  # pytest's exit 5 (nothing collected) is a failure here
+    local code=0
+    .venv/bin/python -m pytest "$@" || code=$?
+    if [ "$code" -eq 5 ]; then
+        echo "pytest collected no tests ($*): that is a failure here" >&2
+        code=1
+    fi
+    return "$code"
+}
+
 log "tests"
 set +e
-.venv/bin/python -m pytest "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-    echo "pytest collected no tests: that is a failure here" >&2
-    exit 1
+if [ "$#" -gt 0 ]; then
+    run_pytest "$@"
+    rc=$?
+else
+    # The fault tests restart the shared RabbitMQ and Redis-like servers: they run alone, first.
+    # The rest runs in two processes (a test module stays in one: module-scoped workers), each
+    # with its own Redis DB and RabbitMQ vhost (tests/conftest.py), to keep CI under 20 minutes.
+    run_pytest tests/faults
+    rc=$?
+    run_pytest -n 2 --dist loadfile --ignore=tests/faults
+    rc2=$?
+    [ "$rc" -ne 0 ] || rc=$rc2
 fi
+set -e
 exit "$rc"
