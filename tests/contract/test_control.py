@@ -175,7 +175,8 @@ def test_stats_registered_conf_report_and_queues(app: Celery) -> None:
         assert "password" not in stats["broker"]
         assert stats["rusage"]["maxrss"] > 0
 
-        assert inspect.registered()[node.hostname] == [
+        # Tasks of apps made earlier in this process (shared, as in Celery) may be listed too.
+        assert [t for t in inspect.registered()[node.hostname] if t.startswith("ctl.")] == [
             "ctl.add",
             "ctl.block",
             "ctl.limited [rate_limit=10/s]",
