@@ -26,7 +26,16 @@ BACKENDS: dict[str, str] = {
     "sqlite": "taskq.backend.sqlite:SQLiteBackend",
     "memory": "taskq.backend.memory:MemoryBackend",
     "cache+memory": "taskq.backend.memory:MemoryBackend",
+    "cache": "taskq.backend.cache:CacheBackend",  # the server is in cache_backend, as in Celery
+    "cache+memcached": "taskq.backend.cache:CacheBackend",
+    "cache+memcache": "taskq.backend.cache:CacheBackend",
+    "cache+pymemcache": "taskq.backend.cache:CacheBackend",
+    "cache+pylibmc": "taskq.backend.cache:CacheBackend",  # Celery's old name: pymemcache serves it
+    "file": "taskq.backend.filesystem:FilesystemBackend",
     "disabled": "taskq.backend.base:DisabledBackend",
+    # db+<any SQLAlchemy URL> (db+postgresql, db+mysql, db+sqlite, ...), as Celery's URLs
+    "db": "taskq.backend.database:DatabaseBackend",
+    "database": "taskq.backend.database:DatabaseBackend",
 }
 
 
@@ -36,6 +45,8 @@ def backend_from_url(app: App, url: str | None) -> ResultBackend:
         return DisabledBackend(app)
     scheme = url.partition("://")[0] if "://" in url else url
     target = BACKENDS.get(scheme.lower())
+    if target is None and scheme.lower().startswith("db+"):
+        target = BACKENDS["db"]
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
         raise ImproperlyConfigured(f"unknown result backend {scheme!r}; taskq supports {known}")

@@ -7,6 +7,7 @@ every store reads and writes exactly what a Celery worker would.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -74,7 +75,8 @@ def exception_from_dict(data: Mapping[str, Any]) -> BaseException:
     if cls is None and module in sys.modules:
         cls = sys.modules[module]
         for part in name.split("."):
-            cls = getattr(cls, part, None)
+            # getattr_static: a module's __getattr__ (lazy imports) or a property never runs here
+            cls = inspect.getattr_static(cls, part, None)
             if cls is None:
                 break
     if cls is None:
@@ -274,6 +276,10 @@ class ResultBackend:
             raise exceptions.BackendGetMetaError(f"{where} is malformed: {meta!r:.200}")
         return meta
 
+    #: the longest pause between two reads while a client waits, for stores that cannot
+    #: notify (None: the caller's ``interval``, Celery's 0.5 s)
+    poll_cap: float | None = None
+
     def wait_for(
         self,
         task_id: str,
@@ -282,6 +288,8 @@ class ResultBackend:
         on_interval: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Block until the task is ready; poll with back-off where a store cannot notify."""
+        if self.poll_cap is not None:
+            interval = min(interval, self.poll_cap)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(0.005, interval)
         while True:

@@ -1,7 +1,9 @@
 """Redis result backend: Celery's keys and commands, waiting on pub/sub instead of polling.
 
-A state is one MULTI of ``SETEX <key> <ttl> <meta>`` + ``PUBLISH <key> <meta>`` (channel = key),
-as Celery writes it; clients subscribe to a task's key before sending it (``on_task_call``). One
+A state is ``SETEX <key> <ttl> <meta>`` + ``PUBLISH <key> <meta>`` (channel = key), as Celery
+writes it, unless the key already holds SUCCESS: Celery reads the key, then sends a MULTI; with
+JSON results taskq does both in one script (``STORE_LUA``), one round trip and no race between
+the read and the write; clients subscribe to a task's key before sending it (``on_task_call``). One
 pub/sub connection per backend, under a lock: one waiting thread at a time watches its socket
 (without the lock) and hands what it reads to the threads waiting for those ids. Whenever the
 server confirms a subscription (first time, after a reconnect) its waiters ``GET`` the key again,
@@ -49,6 +51,21 @@ READ_TIMEOUT = 10.0  # for the rest of a pub/sub message once its first bytes ar
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 SSL_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+#: store a state unless SUCCESS is stored (a late duplicate loses); ARGV: meta JSON, TTL (0: none)
+STORE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta.status == 'SUCCESS' then return 0 end
+end
+if ARGV[2] ~= '0' then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 def connparams_from_url(url: str, conf: Any) -> dict[str, Any]:
@@ -320,6 +337,17 @@ class RedisBackend(ResultBackend):
 
     def _get(self, key: str) -> bytes | str | None:
         return self._call("read", self.client.get, key)
+
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None
+    ) -> dict[str, Any]:
+        if self.serializer != "json" or self.compression:  # the script reads JSON only
+            return super().store_result(task_id, result, state, traceback, request)
+        meta = self.make_meta(task_id, result, state, traceback, request)
+        ttl = self.failure_expires if state == states.FAILURE and self.failure_expires else self.expires
+        args = [self.encode(meta), max(1, int(ttl)) if ttl else 0]
+        redis_chord.run_script(self, "store", STORE_LUA, [self.key_for(task_id)], args)
+        return meta
 
     def _set(self, key: str, value: bytes | str, ttl: float | None) -> None:
         def write() -> None:  # Celery's exact commands: MULTI, SETEX (or SET), PUBLISH, EXEC

@@ -19,6 +19,7 @@ each task reports once; only 5.7 and taskq workers guard against double counting
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -101,19 +102,21 @@ return 1
 """
 
 
-SHAS = {source: hashlib.sha1(source.encode()).hexdigest() for source in (PART_LUA, EXTEND_LUA, CLEANUP_LUA)}
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
-def _run(backend: RedisBackend, what: str, source: str, keys: list[str], args: list[Any]) -> Any:
+def run_script(backend: RedisBackend, what: str, source: str, keys: list[str], args: list[Any]) -> Any:
     """``EVALSHA``; after ``NOSCRIPT`` (a restarted server) ``SCRIPT LOAD`` it and try again."""
 
     def call() -> Any:
         client = backend.client
         try:
-            return client.evalsha(SHAS[source], len(keys), *keys, *args)
+            return client.evalsha(_sha(source), len(keys), *keys, *args)
         except NoScriptError:
             client.script_load(source)
-            return client.evalsha(SHAS[source], len(keys), *keys, *args)
+            return client.evalsha(_sha(source), len(keys), *keys, *args)
 
     return backend._call(what, call, store=True)
 
@@ -146,7 +149,9 @@ def on_chord_part_return(backend: RedisBackend, request: Any, state: str, result
         "+inf" if index is None else int(index), chord.chord_expires(backend),
         chord.chord_result_expires(backend), claim_ttl, token,
     ]  # fmt: skip
-    count, diff, size, claimed = _run(backend, "count a chord part", PART_LUA, [j, t, s, d, key, c], args)
+    count, diff, size, claimed = run_script(
+        backend, "count a chord part", PART_LUA, [j, t, s, d, key, c], args
+    )
     if count == -1 or not size or not claimed or count != int(size) + int(diff or 0):
         return
 
@@ -158,10 +163,10 @@ def on_chord_part_return(backend: RedisBackend, request: Any, state: str, result
         return [backend.decode(raw) for raw in raws]
 
     def extend_claim(token: str, seconds: int) -> bool:
-        return bool(_run(backend, "extend a chord claim", EXTEND_LUA, [c, s], [token, seconds]))
+        return bool(run_script(backend, "extend a chord claim", EXTEND_LUA, [c, s], [token, seconds]))
 
     def cleanup(token: str, done_ttl: int) -> bool:
-        return bool(_run(backend, "clean up a chord", CLEANUP_LUA, [c, j, t, s, d], [token, done_ttl]))
+        return bool(run_script(backend, "clean up a chord", CLEANUP_LUA, [c, j, t, s, d], [token, done_ttl]))
 
     chord.complete(
         backend, request, token, read_parts, extend_claim, cleanup,

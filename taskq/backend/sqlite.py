@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskq.backend.base import ResultBackend
 from taskq.broker.sqlite import path_from_url
@@ -51,6 +51,8 @@ def _retry_locked(action: Callable[[], None], attempts: int = 50) -> None:
 
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; one connection per thread (pool threads store concurrently)."""
+
+    poll_cap = POLL_CAP
 
     supports_native_chord = True
 
@@ -169,15 +171,6 @@ class SQLiteBackend(ResultBackend):
     def cleanup(self) -> None:
         """``celery.backend_cleanup``: delete the rows whose time is up."""
         self._db().execute("DELETE FROM taskq_result WHERE expires < ?", (time.time(),))
-
-    def wait_for(
-        self,
-        task_id: str,
-        timeout: float | None = None,
-        interval: float = 0.5,
-        on_interval: Callable[[], None] | None = None,
-    ) -> dict[str, Any]:
-        return super().wait_for(task_id, timeout, min(interval, POLL_CAP), on_interval)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

@@ -116,7 +116,7 @@ app = Celery(
     broker={url!r},
     backend={url!r},
     task_default_queue={queue!r},
-    broker_transport_options={{"visibility_timeout": 2, "unacked_restore_throttle": 1}},
+    broker_transport_options={{"lease_timeout": 2, "unacked_restore_throttle": 1}},
 )
 counters = redis.Redis.from_url({url!r})
 
