@@ -41,6 +41,16 @@ _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 _live_apps: weakref.WeakSet[App] = weakref.WeakSet()
 
 
+def _new_locks_after_fork() -> None:
+    # A thread of the parent may hold an app's lock as it forks (the worker creating its result
+    # store while billiard forks a replacement child): the child would wait on it forever.
+    for app in list(_live_apps):
+        app._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 class TaskRegistry(dict[str, Task[Any, Any]]):
     """Tasks by name; a missing name is ``NotRegistered``, not a bare ``KeyError``."""
 
@@ -391,6 +401,21 @@ class App:
         for module in (*self.conf.imports, *self.conf.include):
             importlib.import_module(module)
         self._run_autodiscover()
+
+    def setup_security(
+        self,
+        allowed_serializers: Sequence[str] | None = None,
+        key: str | None = None,
+        key_password: str | bytes | None = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = "json",
+    ) -> None:
+        """Sign and verify messages (Celery's ``auth``, or taskq's ``hmac``): docs/security.md."""
+        from taskq.security import setup_security
+
+        setup_security(self, allowed_serializers, key, key_password, cert, store, digest, serializer)
 
     # -- sending ----------------------------------------------------------------------------
     def send_task(
