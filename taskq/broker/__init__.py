@@ -11,21 +11,28 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import kombu.transport
 from kombu import Connection, Queue
+from kombu.exceptions import LimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
+from taskq.broker.deadline import Deadline
 from taskq.broker.sqlite import register as _register_sqlite
 from taskq.config import Settings
-from taskq.exceptions import OperationalError
+from taskq.exceptions import OperationalError, PublishError
 from taskq.message import OutgoingMessage
 
 from .routing import Destination, Queues, Router
 
-__all__ = ["CONNECTION_ERRORS", "Broker", "Destination", "Queues", "Router", "mask_url"]
+__all__ = ["CONNECTION_ERRORS", "Broker", "Destination", "Queues", "Router", "mask_url", "transport_name"]
 
 _register_sqlite()
+for _alias in ("sqla", "sqlalchemy"):  # kombu's transport, its options kept out of create_engine
+    kombu.transport.TRANSPORT_ALIASES[_alias] = "taskq.broker.sqla:Transport"
+# kombu's transport, with messages published whole and never taken half-written (broker/filesystem.py)
+kombu.transport.TRANSPORT_ALIASES["filesystem"] = "taskq.broker.filesystem:Transport"
 
 # What a lost or refused broker connection raises, whatever the transport.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -43,11 +50,27 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 # (about brpop_timeout + 2 x health_check_interval). socket_connect_timeout follows
 # broker_connection_timeout, as AMQP's connect timeout does.
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})  # where broker_confirm_publish applies
+#: kombu's Redis transport with per-process leases instead of visibility-timeout redelivery
+#: (broker/redis_leases.py); ``lease_timeout: 0`` in broker_transport_options opts out.
+LEASED_SCHEMES = frozenset({"redis", "rediss"})
 REDIS_SOCKET_DEFAULTS: dict[str, Any] = {
     "socket_timeout": 10.0,
     "socket_keepalive": True,
     "health_check_interval": 10,
 }
+
+
+def transport_name(connection: Connection) -> str:
+    """The transport's name as a URL says it (``redis``, ``amqp``...), as Celery reports it.
+
+    taskq hands kombu its own Redis transport as a class (broker/redis_leases.py), which kombu
+    would otherwise show as ``<class ...>`` in ``info()``.
+    """
+    cls = connection.transport_cls
+    if isinstance(cls, str) or cls is None:
+        return str(cls or "")
+    return str(getattr(cls, "driver_type", "") or cls.__name__)
 
 
 def mask_url(url: str | None) -> str:
@@ -83,8 +106,16 @@ class Broker:
             for name, value in REDIS_SOCKET_DEFAULTS.items():
                 options.setdefault(name, value)
             options.setdefault("socket_connect_timeout", conf.broker_connection_timeout)
+        transport: type | None = None
+        if url.partition(":")[0] in LEASED_SCHEMES and options.get("lease_timeout", 1):
+            from taskq.broker import redis_leases
+
+            transport = redis_leases.Transport
+        if conf.broker_confirm_publish and url.partition(":")[0] in AMQP_SCHEMES:
+            options.setdefault("confirm_publish", True)
         return Connection(
             url,
+            transport=transport,
             ssl=conf.broker_use_ssl,
             heartbeat=conf.broker_heartbeat,
             login_method=conf.broker_login_method,
@@ -116,8 +147,19 @@ class Broker:
         expiration = properties.pop("expiration", None)
         if priority is not None:
             properties["priority"] = priority
+        timeout = self.conf.publish_timeout
+        deadline = Deadline(timeout, self.masked_url) if timeout is not None else None
+        bounds: dict[str, Any] = {"retry_policy": retry_policy}
+        wait = self.conf.broker_connection_timeout
         try:
-            with self.producers.acquire(block=True, timeout=self.conf.broker_connection_timeout) as producer:
+            if deadline is not None:
+                wait = min(wait or deadline.seconds, deadline.remaining())
+            with self.producers.acquire(block=True, timeout=wait) as producer:
+                if deadline is not None:  # connecting, which kombu would retry without end
+                    deadline.connect(
+                        producer.connection, (retry_policy or {}) if retry else {"max_retries": 0}
+                    )
+                    bounds = deadline.publish_options(retry_policy)
                 producer.publish(
                     message.body,
                     exchange=destination.exchange,
@@ -130,11 +172,17 @@ class Broker:
                     or self.conf.task_default_delivery_mode,
                     declare=destination.declare,
                     retry=retry,
-                    retry_policy=retry_policy,
                     expiration=expiration,
+                    **bounds,
                     **properties,
                 )
-        except CONNECTION_ERRORS as exc:
+        except PublishError:
+            raise
+        except (*CONNECTION_ERRORS, LimitExceeded) as exc:  # type: ignore[misc]
+            if deadline is not None:
+                raise deadline.error(exc) from exc
+            if isinstance(exc, LimitExceeded):  # no producer free in time: as before, kombu's
+                raise
             raise OperationalError(f"cannot publish to {self.masked_url}: {exc}") from exc
 
     def declare(self, queues: list[Queue]) -> None:

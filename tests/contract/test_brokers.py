@@ -1,4 +1,6 @@
-"""One broker contract, run on every transport taskq names: memory, SQLite, Redis, RabbitMQ.
+"""One broker contract, run on every transport taskq tests: memory, SQLite, Redis, RabbitMQ, and
+kombu's SQLAlchemy (on SQLite and PostgreSQL), filesystem, Redis over a unix socket and Redis
+Sentinel (servers and stores in ``broker_servers.py``).
 
 Each test drives the real code path (App.send_task -> kombu -> Worker consumer -> pool ->
 result backend) with the worker in a thread of the test process.
@@ -12,14 +14,25 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import broker_servers
 import pytest
+from broker_servers import pg_sqla_url, redis_socket_path, sentinel_ports  # noqa: F401 (fixtures)
 from kombu import Connection, Exchange, Producer, Queue
 
 from taskq import Celery, states
 from taskq.backend.memory import MemoryBackend
 from taskq.worker.worker import Worker
 
-BROKERS = ["memory", "sqlite", "redis", "amqp"]
+BROKERS = ["memory", "sqlite", "redis", "amqp", *broker_servers.MORE_BROKERS]
+
+
+@pytest.fixture(autouse=True)
+def _applies(request: pytest.FixtureRequest) -> None:
+    """Skip, with its reason, a contract item that does not apply to this transport."""
+    kind = getattr(request.node, "callspec", None) and request.node.callspec.params.get("urls")
+    reason = broker_servers.NOT_APPLICABLE.get((str(kind), request.node.originalname))
+    if reason:
+        pytest.skip(f"{kind}: {reason}")
 
 
 @pytest.fixture(params=BROKERS)
@@ -32,6 +45,8 @@ def urls(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str]:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path}/broker.sqlite3"
         return url, url
+    if kind in broker_servers.MORE_BROKERS:
+        return broker_servers.urls(request, kind, tmp_path)
     redis_url = request.getfixturevalue("redis_url")
     if kind == "redis":
         return redis_url, redis_url
@@ -39,13 +54,13 @@ def urls(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str]:
 
 
 @pytest.fixture
-def app(urls: tuple[str, str]) -> Iterator[Celery]:
+def app(urls: tuple[str, str], tmp_path: Any) -> Iterator[Celery]:
     broker, backend = urls
     # Queue names unique per test, so a leftover message of one test never reaches another.
     prefix = f"t{uuid.uuid4().hex[:8]}"
     app = Celery("contract", broker=broker, backend=backend, set_as_current=False)
     app.conf.task_default_queue = f"{prefix}-default"
-    app.conf.broker_transport_options = {"polling_interval": 0.01} if broker.startswith("sqlite") else {}
+    app.conf.broker_transport_options = broker_servers.transport_options(broker, tmp_path)
     app.prefix = prefix  # type: ignore[attr-defined]
 
     @app.task(name="contract.add")
