@@ -39,19 +39,26 @@ __all__ = ["Lease", "MemoryLease", "RedisLease", "SQLiteLease", "lease_for"]
 
 logger = logging.getLogger("taskq.beat")
 
+# The term counter and the entries outlive the lease by KEEP_MS (a week without any beat), so
+# nothing taskq writes in Redis stays forever; after that a new beat starts from scratch.
+KEEP_MS = str(7 * 24 * 3600 * 1000)
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
     return tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 if current then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-return redis.call('INCR', KEYS[2])
+local term = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return term
 """
 _RECORD = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 _RELEASE = """
@@ -197,13 +204,15 @@ class RedisLease(Lease):
     def _acquire(self) -> int | None:
         ttl = str(int(self.seconds * 1000))
         token = int(
-            self._acquire_script(keys=[self.keys["lease"], self.keys["term"]], args=[self.owner, ttl])
+            self._acquire_script(
+                keys=[self.keys["lease"], self.keys["term"]], args=[self.owner, ttl, KEEP_MS]
+            )
         )
         return token if token >= 0 else None
 
     def _record(self, entry: str, text: str) -> bool:
         keys = [self.keys["lease"], self.keys["entries"]]
-        return bool(self._record_script(keys=keys, args=[self.owner, entry, text]))
+        return bool(self._record_script(keys=keys, args=[self.owner, entry, text, KEEP_MS]))
 
     def _load(self) -> dict[str, str]:
         raw = self.client.hgetall(self.keys["entries"])

@@ -194,6 +194,7 @@ class Scheduler:
 
     def merge_inplace(self, config: Mapping[str, Any]) -> None:
         """Make the entries those of ``config``: drop removed ones, update changed ones in place."""
+        config = {**self.default_entries(), **config}
         for name in set(self.schedule) - set(config):
             del self.schedule[name]
         for name, fields in config.items():
@@ -203,6 +204,16 @@ class Scheduler:
             else:
                 self.schedule[name] = entry
         self._due_at.clear()
+
+    def default_entries(self) -> dict[str, Any]:
+        """Celery's ``celery.backend_cleanup`` at 4 a.m. daily, where results expire but the
+        result store does not drop them itself (``supports_autoexpire`` False: SQL databases)."""
+        if not self.app.conf.result_expires or getattr(self.app.backend, "supports_autoexpire", True):
+            return {}
+        from taskq.schedules import crontab
+
+        cleanup = {"task": "celery.backend_cleanup", "schedule": crontab("0", "4", "*"), "options": {"expires": 12 * 3600}}  # fmt: skip
+        return {"celery.backend_cleanup": cleanup}
 
     def update_from_dict(self, config: Mapping[str, Any]) -> None:
         self.schedule.update({name: self.entry_from_config(name, f) for name, f in config.items()})

@@ -247,6 +247,11 @@ TASKQ_SETTINGS: dict[str, Any] = {
     "taskq_sqlite_path": None,
     # How long a beat's leadership lasts without renewal (0: no lease, Celery's behaviour).
     "beat_lease_seconds": 30,
+    # taskq's shared-secret signing (task_serializer="hmac", docs/security.md): the secret to sign
+    # with, its id, and other ids -> secrets still accepted while keys rotate.
+    "security_hmac_key": None,
+    "security_hmac_key_id": "default",
+    "security_hmac_keys": {},
     # Celery reads these with conf.get() although celery.app.defaults does not list them.
     "redis_backend_health_check_interval": None,
     "result_backend_thread_safe": False,
@@ -254,4 +259,19 @@ TASKQ_SETTINGS: dict[str, Any] = {
     # they take, Celery's behaviour). Stopped tasks are not marked FAILURE: acks_late ones are
     # delivered again, early-acked ones are lost as at-most-once allows.
     "worker_warm_shutdown_timeout": None,
+    # Seconds ahead beyond which a task's ETA is waited for on the broker (a Redis sorted set)
+    # rather than in the worker's memory, so ETA tasks cost a worker nothing and outlive its
+    # restarts (None or 0: always in memory, Celery's behaviour; brokers without it ignore it).
+    "worker_eta_broker_threshold": 60.0,
+    # Deliveries of one task message that ended without an ack (its worker or child died) before
+    # it is moved to the dead-letter queue instead of being run again (0 or None: never).
+    "task_max_deliveries": 5,
+    # The dead-letter queue for every queue (None: "<queue>.dlq" next to each one).
+    "task_dead_letter_queue": None,
+    # Seconds a publish may take in all, connecting and retrying included, before it raises
+    # PublishError (None: bounded only by the retry policy, Celery's behaviour).
+    "publish_timeout": None,
+    # RabbitMQ publisher confirms: a publish returns once the broker has taken the message
+    # (kombu's confirm_publish transport option; other transports ignore it).
+    "broker_confirm_publish": False,
 }

@@ -27,6 +27,14 @@ class OperationalError(TaskqError):
     """The broker or result backend could not be reached in time."""
 
 
+class PublishError(OperationalError):
+    """A task message could not be handed to the broker within ``publish_timeout``."""
+
+
+class DeliveryLimitExceeded(TaskqError):
+    """The message was delivered ``task_max_deliveries`` times without finishing: dead-lettered."""
+
+
 class SecurityError(TaskqError):
     """Stored or received data asked for something taskq refuses to do."""
 

@@ -30,10 +30,12 @@ from taskq.exceptions import (
     OperationalError,
 )
 from taskq.message import parse
-from taskq.worker import outcomes, prefetch
+from taskq.security.refusals import message_label, security_cause
+from taskq.worker import deliveries, outcomes, prefetch
 from taskq.worker.control import Revoked, signal_number
 from taskq.worker.events import received_fields
 from taskq.worker.execute import Outcome
+from taskq.worker.parking import Parking
 from taskq.worker.pools import Job, Pool
 from taskq.worker.ratelimit import RATE_LIMITED_HELD_MAX, RateLimits
 from taskq.worker.request import Request
@@ -49,6 +51,8 @@ logger = logging.getLogger("taskq.worker")
 # States a revoke may overwrite in the result backend (Celery 5.7): not started, or waiting to retry.
 REVOCABLE_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
 ACTIVE_TICK = 0.005  # longest a finished task waits for its ack and for its slot to be refilled
+#: while the pool is full: how often the broker is still read (remote control, heartbeats)
+CONTROL_TICK = 0.05
 
 
 class Consumer:
@@ -70,6 +74,11 @@ class Consumer:
         self.prefetch_multiplier = max(prefetch_multiplier, 0)
         self.prefetch_count = pool.limit * self.prefetch_multiplier
         self.eta_limit: int | None = app.conf.worker_eta_task_limit or None
+        #: far-off ETA tasks wait on the broker, not here (parking.py)
+        self.parking = Parking(app.conf.worker_eta_broker_threshold)
+        self._broker_due = 0.0  # when a full pool's loop next reads the broker (step())
+        #: a connection error an ack swallowed: the next turn reconnects (step())
+        self._broken: BaseException | None = None
         self.rate_limits = RateLimits(app, enabled=not app.conf.worker_disable_rate_limits)
         self.warm_shutdown_timeout: float | None = app.conf.worker_warm_shutdown_timeout
         #: resizes the pool; the slots it may still add are fetched for too, or demand never shows
@@ -141,7 +150,7 @@ class Consumer:
         )
         self._apply_qos()
         if self.prefetch_multiplier:
-            prefetch.fetch_only_when(channel, self.wants_more)
+            prefetch.fetch_only_when(channel, self.fetch_budget)
         if self._orphans:
             count = prefetch.restore_orphans(channel, self._orphans)
             logger.warning("Returned %d message(s) taken just as the broker went away to their queue", count)
@@ -176,18 +185,21 @@ class Consumer:
                 self._kombu_consumer.cancel_by_queue(name)
 
     def wants_more(self) -> bool:
-        """Whether to reserve another message now (see docs/worker.md, "Prefetch")."""
+        return self.fetch_budget() > 0
+
+    def fetch_budget(self) -> int:
+        """How many more messages to reserve now (see docs/worker.md, "Prefetch")."""
         if not self.prefetch_multiplier:
-            return True
+            return 1 << 30
         if self.rate_limits.held >= RATE_LIMITED_HELD_MAX:
-            return False
+            return 0
         # Rate-limited messages waiting for their token are not counted here: they must not
         # stop this worker from fetching the other tasks behind them.
         headroom = self.autoscaler.headroom if self.autoscaler is not None else 0
         # Multiplier 1: a message only for a free slot (fair). N > 1 also keeps (N - 1) x the
         # pool's size reserved ahead, Celery's prefetch, for fewer round trips.
         ahead = (self.prefetch_multiplier - 1) * self.pool.limit
-        return len(self.ready) < self.pool.free_slots + headroom + ahead
+        return self.pool.free_slots + headroom + ahead - len(self.ready)
 
     def _sync_qos(self) -> None:
         """Widen the prefetch window by the messages held waiting for a time (an ETA, up to
@@ -217,6 +229,7 @@ class Consumer:
                 self._kombu_consumer.cancel()
             except self.recoverable_errors:
                 pass
+        self.parking.close()
         if self.connection is not None:
             self.connection.release()
             self.connection = None
@@ -228,15 +241,22 @@ class Consumer:
             body = message.decode()
         except ContentDisallowed as exc:
             logger.error(
-                "Refused message with content type %r: %s (accept_content is %s)",
+                "Refused message with content type %r: %s (accept_content is %s); message %s",
                 message.content_type,
                 exc,
                 sorted(self.accept),
+                message_label(message),
             )
             message.reject(requeue=False)
             signals.task_rejected.send(sender=self, message=message, exc=exc)
             return
         except (DecodeError, Exception) as exc:
+            forged = security_cause(exc)
+            if forged is not None:  # unsigned, tampered or signed by a stranger: never run
+                logger.error("Refused message %s: %s", message_label(message), forged)
+                message.reject(requeue=False)
+                signals.task_rejected.send(sender=self, message=message, exc=forged)
+                return
             logger.critical(
                 "Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type
             )
@@ -264,12 +284,16 @@ class Consumer:
 
     def _accept(self, message: Message, req: Any, task: Any) -> None:
         request = Request(message, req, task, self.hostname)
+        if deliveries.screen(self.app, request, self._kombu_consumer):
+            return  # redelivered: re-queued with its count, or dead-lettered (deliveries.py)
         signals.task_received.send(sender=self, request=request)
         logger.info("Task %s[%s] received", request.name, request.id)
         if self._skip(request):
             return
         self.events.task("task-received", **received_fields(req))
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
+            if self.parking.park(request, self.connection, self._kombu_consumer, len(self.eta_heap)):
+                return
             heapq.heappush(self.eta_heap, (req.eta.timestamp(), next(self._seq), request))
             # Past eta_limit an ETA message holds a prefetch slot, so a flood of ETA tasks
             # stops the fetching instead of growing memory.
@@ -373,6 +397,7 @@ class Consumer:
                 # The connection is gone: the broker will deliver it again, so running it here
                 # too would run it twice. The next turn notices the loss and reconnects.
                 logger.info("could not ack %s before starting it (%r); left for redelivery", request, exc)
+                self._ack_failed(request, exc)
                 return
         self.active.add(request)
         self.total[request.req.name] += 1
@@ -400,6 +425,14 @@ class Consumer:
             logger.info(
                 "could not ack %s on a lost connection; the broker will redeliver it: %r", request, exc
             )
+            self._ack_failed(request, exc)
+
+    def _ack_failed(self, request: Request, exc: BaseException) -> None:
+        """Remember a dead connection an ack found, unless it was one already replaced."""
+        channel = getattr(request.message, "channel", None)
+        current = self.connection
+        if current is not None and getattr(channel, "connection", None) is current._connection:
+            self._broken = self._broken or exc
 
     def _drain_completions(self) -> None:
         while True:
@@ -413,6 +446,12 @@ class Consumer:
         """One turn: completions, due ETAs, dispatch, then wait for the broker."""
         assert self.connection is not None
         self._drain_completions()
+        if self._broken is not None:
+            # An ack found the connection dead. py-amqp raises that once, and the connection
+            # then reads as merely quiet: reconnect now rather than wait on it forever.
+            broken, self._broken = self._broken, None
+            raise broken
+        self.parking.upkeep(self._kombu_consumer)
         next_eta = self._promote_due_etas()
         self._dispatch()
         if self.autoscaler is not None:
@@ -421,12 +460,28 @@ class Consumer:
         for due in (next_eta, self.rate_limits.next_wait()):
             if due is not None:
                 wait = min(max(due, 0.0), wait)
-        if self.active:
-            # Running tasks report back through a queue this thread cannot block on while it
-            # blocks on the broker, so it blocks on the broker only briefly.
-            wait = min(wait, ACTIVE_TICK)
-        self._drain_broker(wait)
+        if self.active and not self.wants_more():
+            # Nothing to fetch until a task ends: wait for that (woken the moment it happens),
+            # and look at the broker without blocking, for control messages and heartbeats.
+            self._await_completion(wait)
+        else:
+            if self.active:
+                # Running tasks report back through a queue this thread cannot block on while
+                # it blocks on the broker, so it blocks on the broker only briefly.
+                wait = min(wait, ACTIVE_TICK)
+            self._drain_broker(wait)
+            self._broker_due = time.monotonic() + CONTROL_TICK
         self.connection.heartbeat_check(rate=self.heartbeat_rate)
+
+    def _await_completion(self, wait: float) -> None:
+        now = time.monotonic()
+        try:
+            self._finish(*self.completions.get(timeout=max(min(wait, self._broker_due - now), 0.0)))
+        except queue.Empty:
+            pass
+        if time.monotonic() >= self._broker_due:
+            self._drain_broker(0)
+            self._broker_due = time.monotonic() + CONTROL_TICK
 
     def _drain_broker(self, timeout: float) -> None:
         assert self.connection is not None
@@ -471,7 +526,8 @@ class Consumer:
         The requests held here unstarted are forgotten: the broker must deliver them again.
         AMQP requeued them when the connection died; Redis keeps them in its unacked index,
         and collecting the old connection restores them, which only works with the server
-        back: collected before the reconnect, they would wait out ``visibility_timeout`` (1 h).
+        back: collected before the reconnect, they would wait for this process's lease to lapse
+        (``broker/redis_leases.py``), or for ``visibility_timeout`` on kombu's own transport.
         No cancel or close is sent on the old connection: a silent peer never answers one.
         Running tasks keep running; their acks fail on the dead channel and the broker
         delivers those messages again, as at-least-once allows.

@@ -24,6 +24,7 @@ from kombu.abstract import Object as KombuObject
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq import __version__
+from taskq.broker import transport_name
 from taskq.control import app_clock
 from taskq.saferepr import saferepr
 
@@ -268,7 +269,10 @@ def broker_info(connection: Connection | None) -> Any:
     if connection is None:
         return "N/A"
     params: dict[str, Any] = dict(connection.info())
+    params["transport"] = transport_name(connection)
     params.pop("password", None)  # never sent, as in Celery
+    # transport options hold secrets too (sentinel or SSL passwords): masked as conf masks them
+    params["transport_options"] = filter_hidden(params.get("transport_options") or {})
     alternates = params.get("alternates")
     if isinstance(alternates, str):
         params["alternates"] = maybe_sanitize_url(alternates)
@@ -297,7 +301,7 @@ def bugreport(app: App, connection: Connection | None = None) -> str:
     transport = driver = ""
     if connection is not None:
         try:
-            transport = str(connection.transport_cls)
+            transport = transport_name(connection)
             driver = f"{connection.transport.driver_name}:{connection.transport.driver_version()}"
         except Exception:  # a report must come even when the transport cannot say
             pass

@@ -1,6 +1,6 @@
 """How much a worker takes from the broker ahead of running it: the transport-specific parts.
 
-The rule itself (``Consumer.wants_more``: free slots, times the multiplier) lives with the
+The rule itself (``Consumer.fetch_budget``: free slots, times the multiplier) lives with the
 consumer's state; these functions make each kind of transport obey it.
 """
 
@@ -16,22 +16,25 @@ if TYPE_CHECKING:
     from kombu import Connection, Queue
 
 
-def fetch_only_when(channel: Any, wants_more: Callable[[], bool]) -> None:
-    """On transports the client polls (Redis, SQLite, ...), fetch only while ``wants_more()``.
+def fetch_only_when(channel: Any, budget: Callable[[], int]) -> None:
+    """On transports the client polls (Redis, SQLite, ...), fetch only while ``budget()`` > 0.
 
     Their QoS counts unacked messages only, and an early-acked running task is acked: left
     alone, a worker whose slots are all busy would still reserve ``prefetch_count`` more that
     then wait behind long tasks while other workers idle. (AMQP pushes; there the broker's
     ``basic.qos`` bounds it, see docs/worker.md.) Celery's ``worker_disable_prefetch`` wraps the
-    same method.
+    same method. A transport that takes several messages per round trip (redis_fetch.py) takes
+    at most ``budget()``.
     """
     qos = getattr(channel, "qos", None)
     if not isinstance(qos, VirtualQoS):
         return
     unacked_ok = qos.can_consume
+    if hasattr(qos, "fetch_budget"):
+        qos.fetch_budget = budget
 
     def can_consume(_self: Any) -> bool:
-        return wants_more() and unacked_ok()
+        return budget() > 0 and unacked_ok()
 
     qos.can_consume = types.MethodType(can_consume, qos)  # type: ignore[method-assign]
 

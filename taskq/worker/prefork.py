@@ -17,9 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from billiard.common import pickle_loads
 from billiard.einfo import ExceptionInfo as BilliardExceptionInfo
 from billiard.einfo import ExceptionWithTraceback
 from billiard.pool import Pool as BilliardPool
+from billiard.pool import Worker as BilliardWorker
 
 from taskq import signals
 from taskq.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
@@ -62,6 +64,57 @@ def run_in_child(name: str, context: Context) -> Outcome:
     return execute(_app.tasks[name], context).portable()
 
 
+class _Worker(BilliardWorker):
+    """A child that holds the shared job pipe's lock only while it reads a job that is there.
+
+    billiard's idle children wait for the next job inside that lock, so one of them holds it at
+    all times: a kill -9 of an idle child (the OOM killer, an operator, a race with a task that
+    just ended) left it held and every other child waiting forever, the worker alive but
+    running nothing. Here a child waits for the pipe to be readable without the lock, then
+    takes it, checks that the job is still there and reads it: the lock is held for one read.
+    """
+
+    def _make_recv_method(self, conn: Any) -> Callable[[float], tuple[bool, Any]]:
+        reader, lock = getattr(conn, "_reader", None), getattr(conn, "_rlock", None)
+        if reader is None or lock is None:
+            return super()._make_recv_method(conn)
+
+        def recv(timeout: float) -> tuple[bool, Any]:
+            if not reader.poll(timeout) or not lock.acquire(timeout=timeout):
+                return False, None
+            try:
+                if not reader.poll(0):  # another child read it first
+                    return False, None
+                return True, pickle_loads(reader.recv_bytes())
+            finally:
+                lock.release()
+
+        return recv
+
+
+class _BilliardPool(BilliardPool):
+    """billiard's pool with a shrink that lets idle children leave on their own.
+
+    billiard retires a child with SIGTERM. Idle children share one job pipe and wait on it
+    under a lock, and a signal landing just after the lock is taken kills the child holding
+    it: every other child then waits forever and the worker runs nothing again. Instead, put
+    one ``None`` per child to retire on the pipe: the idle child that reads it exits cleanly
+    (code 0), holding nothing.
+    """
+
+    def shrink(self, n: int = 1) -> None:
+        if sum(1 for _ in self._iterinactive()) < n:
+            raise ValueError("cannot shrink the pool: its children are busy")
+        for _ in range(n):
+            self._processes -= 1
+            if self._putlock:
+                self._putlock.shrink()
+            self._taskqueue.put(([None], None))  # jobs queued before it run first
+            self.on_shrink(1)
+
+    Worker = _Worker
+
+
 class PreforkPool:
     """``concurrency`` child processes; Celery's default pool (``-P prefork``)."""
 
@@ -92,7 +145,7 @@ class PreforkPool:
         self.stopping = False
 
     def start(self) -> None:
-        self._pool = BilliardPool(
+        self._pool = _BilliardPool(
             processes=self.limit,
             initializer=_child_init,
             initargs=(self.app, self.hostname),

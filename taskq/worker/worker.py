@@ -231,6 +231,10 @@ class Worker:
             logger.info("--statedb %s: %d revoked id(s) remembered", self.statedb.path, count)
             self.statedb.save_quietly(self.consumer.revoked)  # drops expired ones; unwritable? say so now
             self.statedb.attach(self.consumer.revoked)
+        # The result store is made here, before any child is forked: made later by one thread
+        # (a lost child's failure to record) while billiard forks a replacement from another,
+        # the child would inherit that thread's import and app locks, held forever.
+        self.app.backend  # noqa: B018
         self.pool.start()
         self.consumer.connect(startup=True)
         logger.info("%s ready.", self.hostname)

@@ -310,6 +310,22 @@ def test_kill_9_of_a_child_fails_its_task_and_the_child_is_replaced(env: Env) ->
         assert worker.alive()
 
 
+def test_idle_children_killed_9_are_replaced_and_the_pool_runs_on(env: Env) -> None:
+    """billiard's idle children wait for a job inside the job pipe's lock, one of them holding
+    it at any time: killing that one with -9 left the lock held and the new children waiting
+    on it forever (taskq's children hold it only to read a job)."""
+    with running_worker(env.path, *env.worker_args("-P", "prefork", "-c", "2")) as worker:
+        first = full_pool(worker, 2)
+        assert env.send("pid_of").get(timeout=10) in first
+        time.sleep(0.5)  # both children idle, waiting for the next job
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        fresh = full_pool(worker, 2, without=first)
+        pids = {env.send("pid_of").get(timeout=10) for _ in range(4)}
+        assert pids <= fresh, worker.output
+        assert worker.alive()
+
+
 def test_exit_inside_a_task_is_a_lost_worker(redis_env: Env) -> None:
     env = redis_env
     with running_worker(env.path, *env.worker_args("-P", "prefork", "-c", "2")) as worker:

@@ -26,12 +26,11 @@ app = Celery(
     broker={url!r},
     backend={url!r},
     task_default_queue={queue!r},
-    # kombu's Redis transport gives unacked messages back after visibility_timeout; scan for
-    # them on every idle poll instead of every tenth, so the test does not wait for it. A worker
-    # SIGKILLed during its own scan leaves kombu's restore mutex behind for
-    # unacked_mutex_expire (300 s by default): keep that short too, or the test waits on it.
+    # A SIGKILLed worker's unacked messages come back once its lease lapses (lease_timeout,
+    # 30 s by default: 2 here, so the test does not wait for it). kombu's own visibility sweep
+    # stays short too, in case a test runs with leases off.
     broker_transport_options={{
-        "visibility_timeout": 2, "unacked_restore_throttle": 1, "unacked_mutex_expire": 2,
+        "lease_timeout": 2, "visibility_timeout": 2, "unacked_restore_throttle": 1, "unacked_mutex_expire": 2,
     }},
 )
 
