@@ -165,6 +165,9 @@ def check_deployment(app: Any, explicit: Mapping[str, Any]) -> list[Finding]:
     elif scheme == "rpc":
         why = "replies go to the client that sent the task, whichever worker ran it; no chords (as Celery)"
         out.append(Finding(INFO, "deployment", "results rpc://", why))
+    elif scheme.startswith("db+") or scheme in ("db", "database"):
+        why = "Celery's tables and rows: Celery and taskq clients read each other's results"
+        out.append(Finding(INFO, "deployment", f"results {mask_url(str(backend))}", why))
     elif scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
         why = f"this result backend is not provided by taskq (it has {known})"
@@ -206,8 +209,9 @@ def _value_checks(explicit: Mapping[str, Any]) -> Iterable[Finding]:
     for name in ("accept_content", "result_accept_content"):
         wanted.update(str(v) for v in explicit.get(name) or ())
     for item in sorted(wanted):
-        if "auth" in item:
-            yield Finding(ERROR, "deployment", f"serializer {item!r}", "message signing is not provided")
+        if "auth" in item and importlib.util.find_spec("cryptography") is None:
+            why = "message signing needs the cryptography package here: pip install 'taskq[auth]'"
+            yield Finding(ERROR, "deployment", f"serializer {item!r}", why)
         for package, extra in (("msgpack", "msgpack"), ("yaml", "yaml")):
             if extra in item and importlib.util.find_spec(package) is None:
                 why = f"needs the {package} package here: pip install 'taskq[{extra}]'"

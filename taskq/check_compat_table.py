@@ -27,9 +27,9 @@ CELERY_DEFAULTS: dict[str, Any] = {name: default for name, (_, default) in CELER
 CELERY_DEFAULTS.update(worker_prefetch_multiplier=4, beat_schedule_filename="celerybeat-schedule")
 
 _BACKENDS = {
-    "arangodb_": "ArangoDB", "azureblockblob_": "Azure Block Blob", "cache_backend": "memcached",
+    "arangodb_": "ArangoDB", "azureblockblob_": "Azure Block Blob",
     "cassandra_": "Cassandra", "cosmosdbsql_": "Cosmos DB", "couchbase_": "Couchbase",
-    "database_": "database (SQLAlchemy)", "elasticsearch_": "Elasticsearch",
+    "elasticsearch_": "Elasticsearch",
     "gcs_": "Google Cloud Storage", "mongodb_": "MongoDB", "s3_": "S3",
 }  # fmt: skip
 
@@ -81,11 +81,6 @@ _NOTES: dict[str, tuple[str, str]] = {
     "redis_host": (UNSUPPORTED, "Celery's result_backend = 'redis' form; taskq reads host, port and db from the result_backend URL only"),
     "redis_port": (UNSUPPORTED, "as redis_host"),
     "redis_db": (UNSUPPORTED, "as redis_host"),
-    "security_key": (UNSUPPORTED, "message signing (app.setup_security, the auth serializer) is not provided"),
-    "security_certificate": (UNSUPPORTED, "as security_key"),
-    "security_cert_store": (UNSUPPORTED, "as security_key"),
-    "security_key_password": (UNSUPPORTED, "as security_key"),
-    "security_digest": (UNSUPPORTED, "as security_key"),
     "task_annotations": (UNSUPPORTED, "annotations are not applied: rate limits, time limits or handlers set through them silently stop; set them on the tasks"),
     "task_acks_on_failure": (UNSUPPORTED, "Celery 5.7 splits task_acks_on_failure_or_timeout in two; taskq reads only task_acks_on_failure_or_timeout"),
     "task_acks_on_timeout": (UNSUPPORTED, "as task_acks_on_failure"),
@@ -105,7 +100,14 @@ _NOTES: dict[str, tuple[str, str]] = {
     # -- taskq's own ----------------------------------------------------------------------
     "taskq_sqlite_path": (TASKQ, "where the embedded SQLite broker and backend keep their file"),
     "beat_lease_seconds": (TASKQ, "length of the beat leader lease (0: no lease, as Celery)"),
+    "security_hmac_key": (TASKQ, "shared secret of the hmac signing serializer (docs/security.md)"),
+    "security_hmac_key_id": (TASKQ, "id of the hmac key messages are signed with"),
+    "security_hmac_keys": (TASKQ, "other hmac key ids -> secrets still accepted while keys rotate"),
     "worker_warm_shutdown_timeout": (TASKQ, "bound on how long a warm shutdown waits for running tasks"),
+    "task_max_deliveries": (TASKQ, "deliveries that ended without an ack (a worker or child died) before a message goes to the dead-letter queue"),
+    "task_dead_letter_queue": (TASKQ, "one dead-letter queue for all queues instead of <queue>.dlq"),
+    "publish_timeout": (TASKQ, "bound on a whole publish, connecting and retries included; then PublishError"),
+    "broker_confirm_publish": (TASKQ, "RabbitMQ publisher confirms (Celery: broker_transport_options={'confirm_publish': True})"),
 }  # fmt: skip
 
 
@@ -195,7 +197,7 @@ IMPORT_MODULES: dict[str, tuple[str | None, str]] = {
     "celery.bin": (None, "custom celery sub-commands and user_options are not supported: write a click command of your own"),
     "celery.bootsteps": (None, "custom worker bootsteps are not supported: use worker_init, worker_ready, worker_process_init signals"),
     "celery.worker": (None, "Celery's worker internals (custom remote-control commands, Request) have no taskq counterpart"),
-    "celery.security": (None, "message signing (setup_security, the auth serializer) has no taskq counterpart"),
+    "celery.security": ("taskq.security", "call app.setup_security(); taskq.security.setup_security takes the app first (docs/security.md)"),
     "celery.backends": (None, "Celery's backend classes are not used: the result_backend URL chooses taskq's"),
     "celery.loaders": (None, "taskq has one loader: config_from_object / config_from_envvar"),
     "celery.concurrency": (None, "pools are chosen by name (-P): prefork, threads, solo, asyncio, gevent, eventlet"),
@@ -249,7 +251,6 @@ APP_ATTRIBUTES: dict[str, str] = {
     "on_configure": "not provided: configure the app before creating workers, or use on_after_configure",
     "steps": "custom worker bootsteps are not supported",
     "user_options": "custom command-line options are not supported",
-    "setup_security": "message signing is not provided",
     "connection_for_write": "use app.broker.new_connection()",
     "connection_for_read": "use app.broker.new_connection()",
     "producer_or_acquire": "use app.send_task() or task.apply_async()",

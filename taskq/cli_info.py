@@ -25,7 +25,7 @@ import kombu
 from kombu import Connection
 
 from taskq import __version__
-from taskq.broker import mask_url
+from taskq.broker import mask_url, transport_name
 from taskq.cli_common import EX_UNAVAILABLE, CommandError, broker_errors, say
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def report_text(app: App) -> str:
 
     try:
         connection = app.broker.new_connection()
-        transport = connection.transport_cls
+        transport = transport_name(connection)
         driver_v = f"{connection.transport.driver_name}:{connection.transport.driver_version()}"
     except Exception:  # an unknown transport name: the report still helps
         transport = driver_v = ""

@@ -27,6 +27,10 @@ RUN_ID = uuid.uuid4().hex
 LOCK_KEY = "taskq-test-run"
 AMQP_HOST = os.environ.get("TASKQ_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TASKQ_TEST_AMQP_PORT", "5672"))
+PG_HOST = os.environ.get("TASKQ_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TASKQ_TEST_PG_PORT", "5432"))
+MYSQL_HOST = os.environ.get("TASKQ_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("TASKQ_TEST_MYSQL_PORT", "3306"))
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -107,3 +111,38 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: object) -> str:
     return f"sqlite:///{tmp_path}/taskq.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def db_table_names() -> dict[str, str]:
+    """``database_table_names`` of this run's own tables (the URL fixtures drop them after it)."""
+    prefix = f"tq{RUN_ID[:10]}_"
+    return {"task": f"{prefix}taskmeta", "group": f"{prefix}tasksetmeta", "chord": f"{prefix}chordmeta"}
+
+
+def _drop_tables(url: str, names: dict[str, str]) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.removeprefix("db+"))
+    with engine.begin() as conn:
+        for name in names.values():
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(db_table_names: dict[str, str]) -> Iterator[str]:
+    """``db+postgresql://`` URL of the local server's ``test`` database; this run's tables dropped after."""
+    need_service("PostgreSQL", PG_HOST, PG_PORT)
+    url = f"db+postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+    yield url
+    _drop_tables(url, db_table_names)
+
+
+@pytest.fixture(scope="session")
+def mysql_url(db_table_names: dict[str, str]) -> Iterator[str]:
+    """``db+mysql+pymysql://`` URL of the local MariaDB's ``test`` database; this run's tables dropped after."""
+    need_service("MariaDB", MYSQL_HOST, MYSQL_PORT)
+    url = f"db+mysql+pymysql://root@{MYSQL_HOST}:{MYSQL_PORT}/test"
+    yield url
+    _drop_tables(url, db_table_names)

@@ -34,6 +34,16 @@ if ! port_open 5672; then
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_port 5672 90 || echo "WARNING: RabbitMQ is not running on 127.0.0.1:5672"
 fi
+if ! port_open 5432 && command -v pg_ctlcluster >/dev/null; then  # db+postgresql result tests
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start || true
+    wait_port 5432 30 || echo "WARNING: PostgreSQL is not running on 127.0.0.1:5432"
+fi
+if ! port_open 3306 && [ -x /usr/sbin/mariadbd ]; then  # db+mysql result tests (MariaDB)
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+    wait_port 3306 30 || echo "WARNING: MariaDB is not running on 127.0.0.1:3306"
+fi
+# Started by the tests themselves (private, on free ports): memcached, redis-server as sentinel.
+command -v memcached >/dev/null || apt_install memcached || echo "cannot install memcached"
 port_open 6379 && echo "Redis: up" || true
 port_open 5672 && echo "RabbitMQ: up" || true
 
@@ -61,9 +71,9 @@ else
     # The fault tests restart the shared RabbitMQ and Redis-like servers: they run alone, first.
     # The rest runs in two processes (a test module stays in one: module-scoped workers), each
     # with its own Redis DB and RabbitMQ vhost (tests/conftest.py), to keep CI under 20 minutes.
-    run_pytest tests/faults
+    run_pytest --durations=10 tests/faults
     rc=$?
-    run_pytest -n 2 --dist loadfile --ignore=tests/faults
+    run_pytest -n 2 --dist loadfile --durations=25 --ignore=tests/faults
     rc2=$?
     [ "$rc" -ne 0 ] || rc=$rc2
 fi

@@ -169,7 +169,7 @@ COVERAGE: dict[str, Cover] = {
         (f"{HERE}::test_command_transcripts_decode",),
         (
             f"{CB}::TestRedisWire::test_commands_match_the_celery_57_transcript",
-            f"{RB}::TestRedis::test_setex_and_publish_on_the_key_channel",
+            f"{RB}::TestRedis::test_celery_setex_and_publish_in_one_round_trip",
         ),
         no_encoder="the queue/ack/binding commands are kombu's Redis transport, which taskq uses unchanged",
     ),
@@ -903,8 +903,8 @@ def test_worker_sends_retry_and_child_like_celery(redis_url: str, redis_client: 
     """``Task.retry()`` and a child task sent from a task: the envelopes Celery's worker wrote.
 
     The worker consumes a queue of its own: the child goes to ``celery`` (nobody consumes it,
-    so it stays in the list), the retry comes back with a far ETA and waits in kombu's
-    ``unacked`` hash, where its envelope is read.
+    so it stays in the list), the retry comes back with a far ETA and waits on Redis (taskq's
+    delayed set; kombu's ``unacked`` hash with the threshold off), where its envelope is read.
     """
     import taskq
     from taskq.testing import RunningWorker
@@ -934,7 +934,9 @@ def test_worker_sends_retry_and_child_like_celery(redis_url: str, redis_client: 
         assert app.AsyncResult(child_v["headers"]["parent_id"]).get(timeout=20) == 5
 
         def retry_envelope() -> dict[str, Any] | None:
-            for raw in redis_client.hvals("unacked"):
+            # a far ETA waits on Redis (taskq.delayed), or in the worker (kombu's unacked hash)
+            held = redis_client.hvals("unacked") + redis_client.zrange("taskq.delayed", 0, -1)
+            for raw in held:
                 envelope = json.loads(raw)[0]
                 if envelope["headers"]["retries"] == 1:
                     return dict(envelope)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from taskq import Celery
+from taskq import Celery, signals
 from taskq.signals import Signal
 from taskq.worker.worker import Worker
 
@@ -44,7 +44,20 @@ class Running:
         )
 
     def start(self) -> Worker:
-        self.thread.start()
+        """Start it and wait until it consumes: a test's timeouts are for its tasks, not for a
+        worker starting slowly on a loaded machine."""
+        ready = threading.Event()
+
+        def on_ready(sender: Any = None, **kwargs: Any) -> None:
+            if sender is self.worker:
+                ready.set()
+
+        signals.worker_ready.connect(on_ready, weak=False)
+        try:
+            self.thread.start()
+            ready.wait(STOP_TIMEOUT)
+        finally:
+            signals.worker_ready.disconnect(on_ready)
         return self.worker
 
     def stop(self, wait: bool = False) -> None:

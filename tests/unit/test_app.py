@@ -879,3 +879,27 @@ def test_wrapped_is_the_decorated_function() -> None:
     task = app.task(add)
     assert task.__wrapped__ is add
     assert list(inspect.signature(task).parameters) == ["x", "y"]
+
+
+def test_a_child_forked_while_a_thread_holds_the_app_lock_can_take_it() -> None:
+    """billiard forks replacement children from a thread while another may be creating the
+    app's result store under its lock: the child must not inherit the lock held."""
+    app = Celery("forklock", broker="memory://", backend="memory://", set_as_current=False)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with app._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the lock is free here
+        os._exit(0 if app._lock.acquire(timeout=2) else 1)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    app.close()
