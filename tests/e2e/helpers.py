@@ -77,6 +77,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def complete_lines(path: Path) -> list[str]:
+    """The lines of ``path`` a writer has finished: a task may be half-way through appending
+    one while the test reads, and the part already written must not be taken for a line."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 class WorkerProcess:
     """One ``taskq`` subprocess with its combined output in a log file."""
 

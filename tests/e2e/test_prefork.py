@@ -64,7 +64,7 @@ if SIGNAL_LOG:
 
 def _mark(path):
     with open(path, "w") as fh:
-        fh.write(f"{os.getpid()} {time.time()}")
+        fh.write(f"{os.getpid()} {time.time()}\\n")
 
 
 def _steps(seconds):
@@ -258,7 +258,9 @@ def gone(pid: int) -> bool:
 
 
 def marker_pid(marker: Path) -> int:
-    wait_for(lambda: marker.exists() and marker.read_text(), 20, f"{marker.name} to be written")
+    wait_for(
+        lambda: marker.exists() and marker.read_text().endswith("\n"), 20, f"{marker.name} to be written"
+    )
     return int(marker.read_text().split()[0])
 
 

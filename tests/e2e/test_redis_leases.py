@@ -18,7 +18,7 @@ import redis
 
 from taskq import Celery
 
-from .helpers import running_worker, start_worker, wait_for, write_module
+from .helpers import complete_lines, running_worker, start_worker, wait_for, write_module
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -77,9 +77,7 @@ def _parked(app: Celery, redis_client: Any) -> int:
 
 
 def _runs(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in complete_lines(log)]
 
 
 def _worker_args(*extra: str) -> tuple[str, ...]:

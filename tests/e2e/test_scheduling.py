@@ -17,7 +17,7 @@ import pytest
 
 from taskq import Celery
 
-from .helpers import running_worker, wait_for, write_module
+from .helpers import complete_lines, running_worker, wait_for, write_module
 
 pytestmark = pytest.mark.e2e
 
@@ -68,9 +68,7 @@ def _setup(tmp_path: Path, redis_url: str, eta_limit: int | None = None) -> tupl
 
 
 def _runs(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in complete_lines(log)]
 
 
 def _count(log: Path, kind: str) -> int:
