@@ -8,19 +8,22 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from benchmarks import ceiling, figures, report, venv, workers
+from benchmarks import FIGURES, venv
 from benchmarks.peers import PEERS, QUICK_PEERS, Peer
-from benchmarks.services import Services, claimed
+
+# The other modules need redis, which ``setup`` installs: they are imported where they are used.
+if TYPE_CHECKING:
+    from benchmarks import figures
+    from benchmarks.services import Services
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("command", nargs="?", choices=["run", "setup"], default="run")
     parser.add_argument("--quick", action="store_true", help="small N, 1 run: checks the benchmark works")
-    parser.add_argument(
-        "--only", default=",".join(figures.FIGURES), help="figures: " + ",".join(figures.FIGURES)
-    )
+    parser.add_argument("--only", default=",".join(FIGURES), help="figures: " + ",".join(FIGURES))
     parser.add_argument("--peers", help="default: all installed (quick: " + ",".join(QUICK_PEERS) + ")")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3; quick 1)")
     parser.add_argument("--broker", choices=["redis", "amqp", "both"], default="both")
@@ -54,16 +57,20 @@ def _choose_peers(args: argparse.Namespace) -> list[Peer]:
 
 
 def _plan(args: argparse.Namespace) -> figures.Plan:
+    from benchmarks import figures
+
     only = tuple(f for f in args.only.split(",") if f)
-    unknown = set(only) - set(figures.FIGURES)
+    unknown = set(only) - set(FIGURES)
     if unknown:
-        raise SystemExit(f"unknown figures {sorted(unknown)}; known: {', '.join(figures.FIGURES)}")
+        raise SystemExit(f"unknown figures {sorted(unknown)}; known: {', '.join(FIGURES)}")
     if args.quick:
         return figures.Plan(only, args.n or 500, 50, 200, 100, args.python, drain_timeout=60)
     return figures.Plan(only, args.n or 20000, 500, 2000, 500, args.python)
 
 
 def _measure(args: argparse.Namespace, plan: figures.Plan, peers: list[Peer], services: Services) -> str:
+    from benchmarks import ceiling, figures, report, workers
+
     runs = args.runs or (1 if args.quick else 3)
     brokers = ["redis", "amqp"] if args.broker == "both" else [args.broker]
     results: report.Results = {}
@@ -101,9 +108,11 @@ def _measure(args: argparse.Namespace, plan: figures.Plan, peers: list[Peer], se
 
 def main(argv: list[str]) -> None:
     args = _args(argv)
-    if args.command == "setup":
+    if args.command == "setup":  # on a bare interpreter: the rest needs what setup installs
         venv.setup()
         return
+    from benchmarks.services import claimed
+
     plan = _plan(args)
     peers = _choose_peers(args)
     if not peers:

@@ -14,8 +14,6 @@ from benchmarks.measure import Memory, percentile, tree_memory
 from benchmarks.peers import Peer
 from benchmarks.services import Services
 
-FIGURES = ("publish", "drain", "results", "roundtrip", "memory", "async", "ceiling")
-
 # row label, higher is better
 ROWS: dict[str, tuple[str, bool]] = {
     "publish": ("1. publish, tasks/s", True),
