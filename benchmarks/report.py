@@ -37,22 +37,28 @@ def broker_table(broker: str, peers: dict[str, list[dict[str, float]]]) -> list[
         if not any(_values(runs, key) for runs in peers.values()):
             continue
         lines.append(f"| {label} | " + " | ".join(_cell(_values(peers[n], key), key) for n in names) + " |")
-    others = [n for n in names if n != "taskq"]
-    if "taskq" not in peers or not others:
-        return lines
-    lines += ["", "taskq ÷ peer (medians; rates: above 1 is taskq ahead, ms/MiB/s: below 1 is):", ""]
-    lines += ["| figure | " + " | ".join(others) + " | vs best peer |", "|---" * (len(others) + 2) + "|"]
+    ours_names = [n for n in names if n.startswith("taskq")]  # taskq, taskq-tuned
+    others = [n for n in names if n not in ours_names]
+    for mine in ours_names if others else []:
+        lines += ["", f"{mine} ÷ peer (medians; rates: above 1 is taskq ahead, ms/MiB/s: below 1 is):", ""]
+        lines += ["| figure | " + " | ".join(others) + " | vs best peer |", "|---" * (len(others) + 2) + "|"]
+        lines += _ratio_rows(peers, mine, others)
+    return lines
+
+
+def _ratio_rows(peers: dict[str, list[dict[str, float]]], mine: str, others: list[str]) -> list[str]:
+    rows = []
     for key, (label, higher) in ROWS.items():
-        mine = _values(peers["taskq"], key)
-        if not mine:
+        values = _values(peers[mine], key)
+        if not values:
             continue
-        ours = spread(mine).median
+        ours = spread(values).median
         theirs = {n: spread(v).median for n in others if (v := _values(peers[n], key))}
         cells = [f"{ours / theirs[n]:.2f}x" if theirs.get(n) else "-" for n in others]
         best = (max if higher else min)(theirs.values()) if theirs else 0.0
         tail = f"{ours / best:.2f}x" if best else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {tail} |")
-    return lines
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {tail} |")
+    return rows
 
 
 def render(

@@ -32,7 +32,7 @@ class Services:
 
     def results_url(self, broker: str, peer: str) -> str:
         """rpc:// on RabbitMQ where the peer has it (Dramatiq and Huey store results in Redis only)."""
-        if broker == "amqp" and peer in ("taskq", "celery", "celery-tuned"):
+        if broker == "amqp" and peer.partition("-")[0] in ("taskq", "celery"):
             return "rpc://"
         return self.redis_url
 

@@ -29,6 +29,7 @@ PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
         Peer("taskq", "benchmarks.peers.taskq", "taskq"),
+        Peer("taskq-tuned", "benchmarks.peers.taskq", "taskq", variant="tuned"),
         Peer("celery", "benchmarks.peers.celery", "celery"),
         Peer("celery-tuned", "benchmarks.peers.celery", "celery", variant="tuned"),
         Peer("dramatiq", "benchmarks.peers.dramatiq", "dramatiq"),

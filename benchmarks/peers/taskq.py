@@ -1,4 +1,9 @@
-"""taskq's side: the app, its tasks and its worker command (Celery's API, imported from taskq)."""
+"""taskq's side: the app, its tasks and its worker command (Celery's API, imported from taskq).
+
+"taskq" runs the defaults a new user gets (prefetch multiplier 1: a message only for a free
+slot); "taskq-tuned" sets what "celery-tuned" sets (multiplier 16, rate limits off), so a
+deployment that trades fairness for throughput sees what it buys.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,11 @@ from taskq import Celery
 
 app = Celery("bench", broker=contract.get(contract.BROKER), backend=contract.get(contract.RESULTS) or None)
 app.conf.task_default_queue = contract.get(contract.QUEUE, "celery")
+TUNED = contract.get(contract.VARIANT) == "tuned"
+PREFETCH = 16
+if TUNED:
+    app.conf.worker_prefetch_multiplier = PREFETCH
+    app.conf.worker_disable_rate_limits = True
 
 
 @app.task(ignore_result=True)
@@ -39,7 +49,9 @@ def version() -> str:
 
 def settings(broker: str) -> str:
     backend = "rpc://" if broker == "amqp" else "redis"
-    return f"prefork -c 2, prefetch multiplier 1, early ack, --without-heartbeat; results: {backend}"
+    multiplier = PREFETCH if TUNED else 1
+    tuned = ", rate limits off" if TUNED else ""
+    return f"prefork -c 2, prefetch multiplier {multiplier}{tuned}, early ack, --without-heartbeat; results: {backend}"
 
 
 def publish(n: int, kind: str) -> None:
