@@ -86,6 +86,16 @@ def complete_lines(path: Path) -> list[str]:
     return [line for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
+class MakeDirectoryWhenUnpickled:
+    """A pickle that creates a directory as it is loaded: proof that nothing unpickled it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
 class WorkerProcess:
     """One ``taskq`` subprocess with its combined output in a log file."""
 

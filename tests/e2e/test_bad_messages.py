@@ -7,7 +7,6 @@ they land on the list exactly as a buggy or hostile producer would leave them.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from taskq import Celery
 
-from .helpers import running_worker, write_module
+from .helpers import MakeDirectoryWhenUnpickled, running_worker, write_module
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +39,6 @@ def touch(path, *rest):
     Path(path).write_text("the task ran")
     return path
 """
-
-
-class MakeDirectoryWhenUnpickled:
-    """A pickle that creates a directory as it is loaded: proof that nothing unpickled it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.mkdir, (self.path,))
 
 
 def task_headers(name: str, task_id: str | None) -> dict[str, Any]:

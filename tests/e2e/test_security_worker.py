@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pickle
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from security_support import signing_undone
 
 from taskq import Celery
 
-from .helpers import running_worker, write_module
+from .helpers import MakeDirectoryWhenUnpickled, running_worker, write_module
 
 pytestmark = pytest.mark.e2e
 
@@ -53,14 +52,6 @@ def touch(path):
     Path(path).write_text("the task ran")
     return path
 """
-
-
-class MakeDirectoryWhenUnpickled:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.mkdir, (self.path,))
 
 
 def headers(name: str, task_id: str) -> dict[str, Any]:
