@@ -20,18 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Consumer as KombuConsumer
 from kombu import Queue
-from kombu.exceptions import ContentDisallowed, DecodeError
 
 from taskq import signals, states
 from taskq.broker import CONNECTION_ERRORS
 from taskq.events import EventDispatcher
-from taskq.exceptions import (
-    NotRegistered,
-    OperationalError,
-)
-from taskq.message import parse
-from taskq.security.refusals import message_label, security_cause
-from taskq.worker import deliveries, outcomes, prefetch
+from taskq.exceptions import OperationalError
+from taskq.worker import deliveries, intake, outcomes, prefetch
 from taskq.worker.control import Revoked, signal_number
 from taskq.worker.events import received_fields
 from taskq.worker.execute import Outcome
@@ -236,45 +230,11 @@ class Consumer:
 
     # -- receiving --------------------------------------------------------------------------
     def on_message(self, message: Message) -> None:
-        """Validate a message into a Request; anything broken is logged and dropped, never raised."""
-        try:
-            body = message.decode()
-        except ContentDisallowed as exc:
-            logger.error(
-                "Refused message with content type %r: %s (accept_content is %s); message %s",
-                message.content_type,
-                exc,
-                sorted(self.accept),
-                message_label(message),
-            )
-            message.reject(requeue=False)
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
+        """Validate a message into a Request (intake.py); anything broken is refused, never raised."""
+        received = intake.receive(self.app, message, self.accept, sender=self)
+        if received is None:
             return
-        except (DecodeError, Exception) as exc:
-            forged = security_cause(exc)
-            if forged is not None:  # unsigned, tampered or signed by a stranger: never run
-                logger.error("Refused message %s: %s", message_label(message), forged)
-                message.reject(requeue=False)
-                signals.task_rejected.send(sender=self, message=message, exc=forged)
-                return
-            logger.critical(
-                "Cannot decode message body, dropping it: %r (content type %r)", exc, message.content_type
-            )
-            message.ack()
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
-            return
-        try:
-            req = parse(message.headers, body, message.properties, message.delivery_info)
-        except Exception as exc:  # InvalidTaskError, or a header of a type nobody expected
-            logger.error("Invalid task message dropped: %s; headers=%r", exc, dict(message.headers or {}))
-            message.ack()
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
-            return
-        try:
-            task = self.app.tasks[req.name]
-        except NotRegistered:
-            self._unknown_task(message, req)
-            return
+        req, task = received
         try:
             self._accept(message, req, task)
         except Exception:  # a bug must cost this one message, never the worker
@@ -300,19 +260,6 @@ class Consumer:
             self._sync_qos()
             return
         self.ready.append(request)
-
-    def _unknown_task(self, message: Message, req: Any) -> None:
-        logger.error(
-            "Received unregistered task of type %r.\nThe message has been ignored and discarded.\n"
-            "Did you remember to import the module containing this task (imports/include)?",
-            req.name,
-        )
-        signals.task_unknown.send(
-            sender=self, name=req.name, id=req.id, message=message, exc=NotRegistered(req.name)
-        )
-        message.reject(requeue=False)
-        if not req.ignore_result:
-            outcomes.store_quietly(self.app, req.id, NotRegistered(req.name), states.FAILURE)
 
     def revoke(self, task_ids: list[str], terminate: bool = False, signal: str | int | None = None) -> None:
         """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
