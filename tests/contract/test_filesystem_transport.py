@@ -17,6 +17,7 @@ from queue import Empty
 from typing import Any
 
 import pytest
+from broker_servers import transport_options
 from kombu import Connection
 from kombu.transport import filesystem as kombu_fs
 
@@ -29,16 +30,8 @@ QUEUE = "q"
 
 @pytest.fixture
 def options(tmp_path: Path) -> dict[str, Any]:
-    folders = {name: tmp_path / name for name in ("queue", "processed", "control")}
-    for folder in folders.values():
-        folder.mkdir()
-    return {
-        "polling_interval": 0.01,
-        "data_folder_in": str(folders["queue"]),
-        "data_folder_out": str(folders["queue"]),
-        "processed_folder": str(folders["processed"]),
-        "control_folder": str(folders["control"]),
-    }
+    """The broker contract's options: one folder for queues, a fast poll."""
+    return transport_options("filesystem", tmp_path)
 
 
 @pytest.fixture
