@@ -98,6 +98,7 @@ class App:
         self._control: Control | None = None
         self._pending_autodiscover: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
+        self._oids = threading.local()  # thread_oid, per thread
         # Celery's app signals: receivers add periodic tasks (add_periodic_task) and the like.
         self.on_after_configure = signals.Signal("app.on_after_configure", providing_args=("source",))
         self.on_after_finalize = signals.Signal("app.on_after_finalize")
@@ -217,13 +218,17 @@ class App:
 
     @property
     def thread_oid(self) -> str:
-        """Per-thread reply address (``reply_to``), derived as Celery derives it."""
-        return str(
-            uuid.uuid3(
-                uuid.NAMESPACE_OID,
-                f"{uuid.getnode():x}-{os.getpid():x}-{threading.get_ident():x}-{id(self):x}",
-            )
-        )
+        """Per-thread reply address (``reply_to``), derived as Celery derives it.
+
+        Every send asks for it: computed once per thread (and again in a forked child).
+        """
+        pid = os.getpid()
+        known: tuple[int, str] | None = getattr(self._oids, "oid", None)
+        if known is None or known[0] != pid:
+            node = f"{uuid.getnode():x}-{pid:x}-{threading.get_ident():x}-{id(self):x}"
+            known = (pid, str(uuid.uuid3(uuid.NAMESPACE_OID, node)))
+            self._oids.oid = known
+        return known[1]
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult[Any]:  # noqa: N802
         return AsyncResult(task_id, app=self, **kwargs)

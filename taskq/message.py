@@ -33,9 +33,16 @@ PROTOCOL_HEADERS = frozenset(
 __all__ = ["PROTOCOL_HEADERS", "REPR_MAXLEN", "OutgoingMessage", "TaskRequest", "build", "parse", "saferepr"]
 
 
+_origin = (0, "")  # (pid, name): asked once per process, not once per message
+
+
 def origin_name() -> str:
     """``gen<pid>@<host>``: how Celery names the process that sent a message."""
-    return f"gen{os.getpid()}@{socket.gethostname()}"
+    global _origin
+    pid = os.getpid()
+    if _origin[0] != pid:
+        _origin = (pid, f"gen{pid}@{socket.gethostname()}")
+    return _origin[1]
 
 
 def to_iso(value: datetime | str | None) -> str | None:

@@ -240,9 +240,17 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Fail at send time, as Celery does, when the arguments cannot bind to the function."""
-        try:
-            signature = inspect.signature(self.run)
-        except (TypeError, ValueError):
+        run = self.run
+        cached = self.__dict__.get("_signature")
+        if cached is not None and cached[0] == run:
+            signature = cached[1]
+        else:  # inspect.signature costs more than the rest of a publish's own work
+            try:
+                signature = inspect.signature(run)
+            except (TypeError, ValueError):
+                signature = None
+            self.__dict__["_signature"] = (run, signature)
+        if signature is None:
             return
         try:
             signature.bind(*args, **kwargs)
