@@ -9,6 +9,8 @@ belongs to the thread that drains it.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kombu.transport
@@ -16,6 +18,7 @@ from kombu import Connection, Queue
 from kombu.exceptions import LimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.pools import ProducerPool
+from kombu.resource import Resource
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq.broker.deadline import Deadline
@@ -73,9 +76,55 @@ def transport_name(connection: Connection) -> str:
     return str(getattr(cls, "driver_type", "") or cls.__name__)
 
 
+def undeclared(entities: list[Any], connection: Connection | None) -> list[Any]:
+    """The entities this connection has not declared yet, by kombu's own per-connection cache.
+
+    kombu looks at that cache only after copying each unbound entity onto the channel (and
+    throws the copy away): three object copies per publish, a tenth of its time, for a queue
+    declared on the first publish and never again while the connection lives.
+    """
+    declared = getattr(connection, "declared_entities", None)
+    if not entities or not declared:
+        return entities
+    return [e for e in entities if not (e.can_cache_declaration and hash(e) in declared)]
+
+
 def mask_url(url: str | None) -> str:
     """The URL with its password replaced by ``**``, for every log line and error."""
     return str(maybe_sanitize_url(url or "", mask="**"))
+
+
+class PinnedProducerPool(ProducerPool):
+    """kombu's producer pool, each producer keeping its connection and channel between sends.
+
+    kombu's pool hands the connection back and drops the channel on every release, so each
+    send re-binds the producer to a channel again: a tenth of a publish's time. Here a producer
+    stays bound to its own pooled connection (so producers never outnumber connections,
+    ``broker_pool_limit``), and only a send that failed unpins it (``unpin_on_error``): the
+    next send through it takes its connection again and so reconnects, as kombu's pool would.
+    """
+
+    def release(self, resource: Any) -> None:
+        if not self.limit:  # an unbounded pool keeps no producer: give its connection back
+            super().release(resource)
+        else:
+            Resource.release(self, resource)  # kombu's ProducerPool.release would unpin it
+
+    @staticmethod
+    def unpin(producer: Any) -> None:
+        connection, producer.__connection__ = producer.__connection__, None
+        producer.channel = None
+        if connection is not None:
+            connection.release()
+
+
+@contextmanager
+def unpin_on_error(producer: Any) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        PinnedProducerPool.unpin(producer)
+        raise
 
 
 class Broker:
@@ -127,7 +176,7 @@ class Broker:
     def producers(self) -> ProducerPool:
         if self._producers is None:
             limit = self.conf.broker_pool_limit or None
-            self._producers = ProducerPool(self.connection.Pool(limit=limit), limit=limit)
+            self._producers = PinnedProducerPool(self.connection.Pool(limit=limit), limit=limit)
         return self._producers
 
     def publish(
@@ -154,7 +203,7 @@ class Broker:
         try:
             if deadline is not None:
                 wait = min(wait or deadline.seconds, deadline.remaining())
-            with self.producers.acquire(block=True, timeout=wait) as producer:
+            with self.producers.acquire(block=True, timeout=wait) as producer, unpin_on_error(producer):
                 if deadline is not None:  # connecting, which kombu would retry without end
                     deadline.connect(
                         producer.connection, (retry_policy or {}) if retry else {"max_retries": 0}
@@ -170,7 +219,7 @@ class Broker:
                     delivery_mode=delivery_mode
                     or destination.delivery_mode
                     or self.conf.task_default_delivery_mode,
-                    declare=destination.declare,
+                    declare=undeclared(destination.declare, producer.connection),
                     retry=retry,
                     expiration=expiration,
                     **bounds,
@@ -206,5 +255,6 @@ class Broker:
     def close(self) -> None:
         if self._producers is not None:
             self._producers.force_close_all()
+            self._producers.connections.force_close_all()  # pinned ones too
             self._producers = None
         self.connection.release()
