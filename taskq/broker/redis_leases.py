@@ -36,7 +36,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError, ResponseError
 
-from taskq.broker import redis_fetch
+from taskq.broker import redis_acks, redis_fetch
 from taskq.broker.redis_recovery import (
     LEASE_PREFIX,
     OWNERS_KEY,
@@ -67,6 +67,8 @@ class _ProcessLease:
         #: a fetch's reply was lost with its connection: Redis may have recorded messages as
         #: this process's that no channel of it holds (see reclaim_lost_fetches)
         self.fetch_in_doubt = False
+        #: acks written whose reply has not been read: tag -> the keys it deletes (redis_acks.py)
+        self.unconfirmed: dict[str, list[str]] = {}
 
     def join(self, qos: QoS) -> None:
         with self.lock:
@@ -143,6 +145,10 @@ class QoS(kombu_redis.QoS):
         Not from the lease thread: a worker holding nothing has no lease, yet must recover.
         """
         restored = 0
+        self.channel.acks.confirm()
+        if self.lease.unconfirmed:  # acks whose connection died unanswered: first, written again
+            with self.channel.conn_or_acquire() as client:
+                redis_acks.confirm_unconfirmed(self, client)
         if self.lease.fetch_in_doubt:
             with self.channel.conn_or_acquire() as client:
                 restored += reclaim_lost_fetches(self.lease, client, self.channel)
@@ -181,6 +187,13 @@ class QoS(kombu_redis.QoS):
                 self._renewed_at = time.monotonic()
             pipe.execute()
 
+    def ack(self, delivery_tag: Any) -> None:
+        """One script instead of kombu's ``MULTI ZREM HDEL HDEL EXEC`` (redis_acks.py)."""
+        if redis_acks.ack(self, delivery_tag, OWNERS_KEY):
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            super().ack(delivery_tag)
+
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
         pipe = super()._remove_from_indices(delivery_tag, pipe)
         return pipe.hdel(OWNERS_KEY, delivery_tag)
@@ -211,6 +224,7 @@ class Channel(kombu_redis.Channel):
     #: seconds after which a silent process's messages go back (``lease_timeout`` option)
     lease_timeout = DEFAULT_LEASE_TIMEOUT
     _sync_client: Any = None
+    _sync_pid = 0
     #: None until known: whether the server has BLMOVE (redis_fetch.py)
     _blmove: bool | None = None
     #: the command in flight on the consuming connection: "fetch", "wait", "brpop" or None
@@ -219,11 +233,16 @@ class Channel(kombu_redis.Channel):
     _idle = False
     #: the script path is off after an error it cannot recover from (kombu's BRPOP then)
     _script_broken = False
+    #: acks go through redis_acks.ACK_SCRIPT until the server refuses scripts
+    _ack_script_ok = True
+    #: the server ran the script once: later acks need not wait for their replies
+    _ack_script_checked = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: queues whose consumer takes messages without acking: nothing to record for them
         self._no_ack_queues: set[str] = set()
+        self.acks = redis_acks.AckWriter(self, process_lease())
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs["no_ack"] if "no_ack" in kwargs else bool(args and args[0])
@@ -246,17 +265,19 @@ class Channel(kombu_redis.Channel):
             self._sent = "fetch"
             record = [key.rsplit(self.sep, 1)[0] not in self._no_ack_queues for key in keys]
             want = cast(QoS, self.qos).fetch_size()
-            args = redis_fetch.fetch_command(self, keys, record, want, time.time())
+            packed = [redis_fetch.packed_fetch(self, keys, record, want, time.time())]
         elif len(queues) == 1 and self._blmove:
             self._sent = "wait"
-            args = redis_fetch.wait_command(self, keys[0], timeout or 0)
+            packed = self.client.connection.pack_command(
+                *redis_fetch.wait_command(self, keys[0], timeout or 0)
+            )
         else:
             self._sent = "brpop"
             return super()._brpop_start(timeout)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's default is None
         try:
-            self.client.connection.send_command(*args)
+            self.client.connection.send_packed_command(packed)
         except self.connection_errors:
             if self._sent == "fetch":  # it may have reached Redis whole
                 cast(QoS, self.qos).lease.fetch_in_doubt = True
@@ -326,13 +347,41 @@ class Channel(kombu_redis.Channel):
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         """kombu builds a new ``redis.Redis`` object for every publish and ack (a tenth of a
-        publish's time); one per channel does, as it takes a pooled connection per command."""
+        publish's time). One per channel does, pinned to one connection of the channel's pool:
+        taking and returning a pooled connection per command cost another eighth (pid checks,
+        a stale-data probe). redis-py serialises threads on a pinned connection (the lease
+        thread renews through it too); a forked child, which must never write to its parent's
+        socket, gets a client of its own.
+        """
         if client:
             yield client
             return
-        if self._sync_client is None:
-            self._sync_client = self._create_client()
+        if self._sync_client is None or self._sync_pid != os.getpid():
+            self._sync_client = self._pinned_client()
+            self._sync_pid = os.getpid()
         yield self._sync_client
+
+    def _pinned_client(self) -> Any:
+        kwargs: dict[str, Any] = {"connection_pool": self.pool, "single_connection_client": True}
+        credentials = self.pool.connection_kwargs.get("credential_provider")
+        if credentials is not None:  # as kombu's _create_client passes it
+            kwargs["credential_provider"] = credentials
+        return self.Client(**kwargs)
+
+    def close(self) -> None:
+        acks = self.__dict__.get("acks")
+        if acks is not None and not self.closed:  # while its connection is still up
+            acks.close()
+        super().close()
+
+    def _close_clients(self) -> None:
+        super()._close_clients()
+        client, self._sync_client = self._sync_client, None
+        if client is not None and self._sync_pid == os.getpid():
+            try:
+                client.close()  # back to its pool, which kombu has just disconnected
+            except Exception as exc:  # a dead connection: nothing left to give back
+                logger.debug("closing the pinned Redis client: %r", exc)
 
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "lease_timeout")  # type: ignore[assignment]
 

@@ -81,6 +81,7 @@ def reclaim_lost_fetches(lease: Any, client: Any, channel: Any) -> int:
         held.update(bytes_to_str(tag) for tag in list(qos.prerecorded))  # before _delivered
         delivered: list[Any] = list(qos._delivered or ())
         held.update(bytes_to_str(tag) for tag in delivered)
+    held.update(lease.unconfirmed)  # acked, ack not yet answered: running, never to be put back
     owned: dict[bytes, bytes] = client.hgetall(prefixed_key(channel, OWNERS_KEY))
     mine = lease.id.encode()
     lost = [tag for tag, owner in owned.items() if owner == mine and bytes_to_str(tag) not in held]

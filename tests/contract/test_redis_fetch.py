@@ -14,7 +14,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from taskq.broker import redis_leases, redis_recovery
+from taskq.broker import redis_fetch, redis_leases, redis_recovery
 
 pytestmark = pytest.mark.redis
 
@@ -203,3 +203,194 @@ def test_a_reclaim_leaves_what_the_process_holds(
         assert channel.qos.recover() == 0  # held, unacked: not lost
         assert redis_client.llen(queue.name) == 0 and len(owners(redis_client)) == 1
         got[0].ack()
+
+
+def take(conn: Connection, queue: Queue, bodies: list[Any]) -> list[Any]:
+    """Publish ``bodies`` and take them all (unacked) on ``conn``'s default channel."""
+    publish(conn, queue, bodies)
+    got: list[Any] = []
+    with Consumer(conn.default_channel, [queue], callbacks=[lambda body, m: got.append(m)]):
+        while len(got) < len(bodies):
+            drain(conn, 1.0)
+    return got
+
+
+def traces(redis_client: Any, prefix: str = "") -> tuple[int, int, int]:
+    return (
+        redis_client.hlen(prefix + "unacked"),
+        redis_client.zcard(prefix + "unacked_index"),
+        redis_client.hlen(prefix + redis_recovery.OWNERS_KEY),
+    )
+
+
+def ack_unanswered(channel: Any, messages: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ack ``messages`` as if written just before Redis died: never applied, the connection
+    then dropped with every reply owed."""
+    conn = channel.acks._connection()
+    with monkeypatch.context() as patch:
+        patch.setattr(conn, "send_command", lambda *a, **k: None)  # "written", never arrives
+        for message in messages:
+            message.ack()
+    conn.disconnect()
+
+
+@pytest.mark.parametrize("prefix", ["", "pfx:"])
+def test_acks_are_one_command_each_and_only_the_first_is_waited_for(
+    redis_url: str, redis_client: Any, queue: Queue, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu acks with MULTI ZREM HDEL (HDEL) EXEC from a pooled connection, waiting each time;
+    taskq with one script, the first on the channel's own connection (does the server run
+    scripts?), the rest written on the ack connection with their replies read later."""
+    options = {"global_keyprefix": prefix} if prefix else {}
+    conn = Connection(redis_url, transport=redis_leases.Transport, transport_options=options)
+    try:
+        got = take(conn, queue, ["a", "b", "c", "d"])
+        channel = conn.default_channel
+        assert traces(redis_client, prefix) == (4, 4, 4)
+        sent: list[str] = []
+        with channel.conn_or_acquire() as client:
+            execute = client.execute_command
+            monkeypatch.setattr(
+                client, "execute_command", lambda *a, **k: sent.append(a[0]) or execute(*a, **k)
+            )
+        for message in got:
+            message.ack()
+        assert sent == ["EVAL"]
+        assert len(channel.acks.waiting) == 3  # written, replies not read yet
+        assert set(channel.qos.lease.unconfirmed) == {m.delivery_tag for m in got[1:]}
+        channel.acks.confirm()
+        assert not channel.acks.waiting and not channel.qos.lease.unconfirmed
+        assert traces(redis_client, prefix) == (0, 0, 0)
+    finally:
+        conn.release()
+
+
+def test_acks_whose_replies_were_lost_are_written_again_and_never_reclaimed(
+    connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies after an ack was written, before Redis applied it (Redis killed):
+    the message's task is running, so it must be acked again, never put back."""
+    got = take(connection, queue, ["a", "b", "c"])
+    channel = connection.default_channel
+    got[0].ack()  # the checked, waited-for one
+    ack_unanswered(channel, got[1:], monkeypatch)
+    lease = channel.qos.lease
+    assert set(lease.unconfirmed) == {got[1].delivery_tag, got[2].delivery_tag}
+    assert traces(redis_client) == (2, 2, 2)  # Redis never saw those acks
+    lease.fetch_in_doubt = True  # and a fetch reply was lost too: the reclaim must skip them
+    # meanwhile "c" was put back and taken by another process (this one was cut off too long):
+    redis_client.hset(redis_recovery.OWNERS_KEY, got[2].delivery_tag, "another-process")
+    redis_client.set(redis_recovery.LEASE_PREFIX + "another-process", 1, ex=30)  # alive
+    channel.qos.recover()
+    assert not lease.unconfirmed
+    assert traces(redis_client) == (1, 1, 1), "the other process' record of c must stay"
+    assert redis_client.hget(redis_recovery.OWNERS_KEY, got[2].delivery_tag) == b"another-process"
+    assert redis_client.llen(queue.name) == 0, "a running task's message was put back"
+
+
+def test_an_ack_that_could_not_be_written_leaves_the_message_to_go_back(
+    connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = take(connection, queue, ["a", "b"])
+    channel = connection.default_channel
+    got[0].ack()
+    conn = channel.acks._connection()
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("connection reset")
+
+    monkeypatch.setattr(conn, "send_command", refuse)
+    with pytest.raises(redis.ConnectionError):
+        got[1].ack()
+    assert not channel.qos.lease.unconfirmed  # not in doubt: it was never sent
+    assert got[1].delivery_tag in channel.qos._delivered  # still held: restored with the rest
+    monkeypatch.undo()
+    channel.qos.restore_unacked_once()
+    assert traces(redis_client) == (0, 0, 0) and redis_client.llen(queue.name) == 1
+
+
+def test_an_ack_refused_after_the_first_is_done_again_the_kombu_way(
+    connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskq.broker import redis_acks
+
+    got = take(connection, queue, ["a", "b"])
+    channel = connection.default_channel
+    got[0].ack()
+    monkeypatch.setattr(redis_acks, "ACK_SCRIPT", "return redis.error_reply('ERR scripts switched off')")
+    got[1].ack()
+    channel.acks.confirm()
+    assert not channel._ack_script_ok
+    assert traces(redis_client) == (0, 0, 0)
+    assert not channel.qos.lease.unconfirmed
+
+
+def test_a_server_refusing_scripts_gets_kombus_ack(
+    connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ResponseError
+
+    publish(connection, queue, ["a", "b"])
+    channel = connection.default_channel
+    got: list[Any] = []
+    with Consumer(channel, [queue], callbacks=[lambda body, m: got.append(m)]):
+        drain(connection, 1.0)
+    with channel.conn_or_acquire() as client:
+        execute = client.execute_command
+
+        def no_scripts(*args: Any, **kwargs: Any) -> Any:
+            if args[0] == "EVAL":
+                raise ResponseError("NOSCRIPT scripting is disabled here")
+            return execute(*args, **kwargs)
+
+        monkeypatch.setattr(client, "execute_command", no_scripts)
+    for message in got:
+        message.ack()
+    assert not channel._ack_script_ok
+    assert redis_client.hlen("unacked") == 0 and redis_client.zcard("unacked_index") == 0
+    assert not owners(redis_client)
+
+
+def test_unanswered_acks_are_written_again_the_kombu_way_when_scripts_are_refused(
+    connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack owed by a dead connection, and by then a server that refuses the script: the
+    re-write falls back to kombu's deletions instead of failing every upkeep."""
+    from taskq.broker import redis_acks
+
+    got = take(connection, queue, ["a", "b"])
+    channel = connection.default_channel
+    got[0].ack()
+    ack_unanswered(channel, got[1:], monkeypatch)
+    monkeypatch.setattr(redis_acks, "ACK_SCRIPT", "return redis.error_reply('ERR scripts switched off')")
+    channel.qos.recover()
+    assert not channel._ack_script_ok
+    assert not channel.qos.lease.unconfirmed
+    assert traces(redis_client) == (0, 0, 0)
+
+
+def test_the_cached_fetch_bytes_are_what_redis_py_would_send(connection: Connection) -> None:
+    """packed_fetch builds the command by hand; it must match redis-py's encoding byte for byte,
+    for any queue name, lease and count, and follow a change of lease."""
+    channel = connection.default_channel
+    keys = ["queue-é", "queue-é\x06\x163", "plain"]
+    record = [True, False, True]
+    client_connection = channel.client.connection_pool.get_connection()
+    try:
+        for want, now in [(1, 1700000000.123456), (64, 0.5), (7, 1e-7)]:
+            expected = b"".join(
+                client_connection.pack_command(*redis_fetch.fetch_command(channel, keys, record, want, now))
+            )
+            assert redis_fetch.packed_fetch(channel, keys, record, want, now) == expected
+        lease = channel.qos.lease
+        old_id = lease.id
+        lease.id = f"{old_id}-renewed"
+        try:
+            assert redis_fetch.packed_fetch(channel, keys, record, 3, 1.0) == b"".join(
+                client_connection.pack_command(*redis_fetch.fetch_command(channel, keys, record, 3, 1.0))
+            )
+            assert lease.id.encode() in redis_fetch.packed_fetch(channel, keys, record, 3, 1.0)
+        finally:
+            lease.id = old_id
+    finally:
+        channel.client.connection_pool.release(client_connection)
