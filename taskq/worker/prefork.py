@@ -92,6 +92,45 @@ class _Worker(BilliardWorker):
         return recv
 
 
+class _DirectJobs:
+    """billiard's task queue, with jobs written to the children's pipe by the submitting thread.
+
+    billiard queues each job for its task-handler thread, which pickles it and writes it to
+    the pipe: a lock, a condition and a thread wake-up per task, in a worker whose main
+    process is its busiest. Only the consumer's thread submits jobs (and retires children),
+    so it can write them itself; the ``None`` that ends the handler at close still goes to
+    the handler, which then sends the children their own ``None``. A job is only submitted
+    for a free slot, so its write finds an idle child reading; one larger than the pipe's
+    buffer holds the consumer until that child has read it (or, after a lost child, until
+    billiard's supervisor has started its replacement, within a second).
+    """
+
+    def __init__(self, pool: BilliardPool) -> None:
+        self._handler_queue = pool._taskqueue
+        self._put = pool._quick_put
+        self._cache = pool._cache
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self._handler_queue.put(None)
+            return
+        tasks, set_length = item
+        count = 0
+        for task in tasks:
+            count += 1
+            try:
+                self._put(task)
+            except Exception:  # unpicklable, or the pipe is gone: that job fails, as in billiard
+                if task is None:
+                    raise
+                job, index = task[1][:2]
+                result = self._cache.pop(job, None)
+                if result is not None:
+                    result._set(index, (False, BilliardExceptionInfo()))
+        if set_length:  # billiard's map_async learns its length this way
+            set_length(count)
+
+
 class _BilliardPool(BilliardPool):
     """billiard's pool with a shrink that lets idle children leave on their own.
 
@@ -156,6 +195,7 @@ class PreforkPool:
             enable_timeouts=True,  # per-job soft/hard limits need billiard's timeout thread
             threads=True,
         )
+        self._pool._taskqueue = _DirectJobs(self._pool)
 
     def submit(self, job: Job) -> None:
         assert self._pool is not None, "pool not started"
