@@ -250,7 +250,8 @@ class Consumer:
         logger.info("Task %s[%s] received", request.name, request.id)
         if self._skip(request):
             return
-        self.events.task("task-received", **received_fields(req))
+        if self.events.task_events:  # the fields cost more than the rest of the check
+            self.events.task("task-received", **received_fields(req))
         if req.eta is not None and req.eta > datetime.now(timezone.utc):
             if self.parking.park(request, self.connection, self._kombu_consumer, len(self.eta_heap)):
                 return
