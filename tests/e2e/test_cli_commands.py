@@ -76,17 +76,18 @@ def test_inspect_stats(cluster: Cluster) -> None:
 
 def test_inspect_active_and_query_task(cluster: Cluster) -> None:
     assert "- empty -" in remote(cluster, "inspect", "reserved")
-    task_id = cluster.cli.ok("call", "proj.sleepy", "--args", "[3]").strip()
+    # long enough to outlast the three CLI calls below on a loaded machine (each waits ~1 s for replies)
+    task_id = cluster.cli.ok("call", "proj.sleepy", "--args", "[10]").strip()
 
     def running() -> list:
         return [t for t in as_json(cluster, "inspect", "active")[cluster.node] if t["id"] == task_id]
 
     (info,) = wait_for(running, 15, "the task in inspect active")
-    assert info["name"] == "proj.sleepy" and info["args"] == [3]
+    assert info["name"] == "proj.sleepy" and info["args"] == [10]
     assert f"\n    * {{'id': '{task_id}', 'name': 'proj.sleepy'" in remote(cluster, "inspect", "active")
     found = as_json(cluster, "inspect", "query_task", task_id)[cluster.node]
     assert found[task_id][0] == "active"
-    assert cluster.cli.ok("result", task_id, "--timeout", "20") == "3\n"
+    assert cluster.cli.ok("result", task_id, "--timeout", "30") == "10\n"
 
 
 def test_inspect_active_queues_conf_and_clock(cluster: Cluster) -> None:

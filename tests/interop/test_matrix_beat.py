@@ -115,7 +115,11 @@ def test_beat_feeds_the_other_worker(
                 item = records.blpop(key, timeout=WAIT)
                 assert item is not None, "beat's tick did not run"
                 runs.append(json.loads(item[1]))
-            assert beat.stop() == 0, "beat must exit cleanly on SIGTERM"
+            code = beat.stop()
+            # A clean exit on SIGTERM is taskq's promise, not a fact about Celery's beat: Celery
+            # 5.7's beat on AMQP was seen, once in CI, still inside its shutdown 10 s after SIGTERM.
+            if beat_kind == "taskq":
+                assert code == 0, "taskq beat must exit cleanly on SIGTERM"
         except BaseException:
             print(f"--- worker ---\n{worker.log()}\n--- beat ---\n{beat.log()}")
             raise
