@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 
 from benchmarks import workers
-from benchmarks.measure import Memory, percentile, tree_memory
+from benchmarks.measure import Memory, percentile, redis_cpu, tree_cpu, tree_memory
 from benchmarks.peers import Peer
 from benchmarks.services import Services
 
@@ -18,6 +18,8 @@ from benchmarks.services import Services
 ROWS: dict[str, tuple[str, bool]] = {
     "publish": ("1. publish, tasks/s", True),
     "drain": ("2. drain, tasks/s", True),
+    "cpu_worker": ("2. drain, worker tree CPU per task, us", False),
+    "cpu_redis": ("2. drain, Redis server CPU per task, us", False),
     "results": ("3. drain, results on, tasks/s", True),
     "rt_p50": ("4. round trip p50, ms", False),
     "rt_p90": ("4. round trip p90, ms", False),
@@ -28,6 +30,8 @@ ROWS: dict[str, tuple[str, bool]] = {
     "rss_after": ("5. worker tree RSS after drain, MiB", False),
     "async": ("6. sleeps 50 ms, wall s", False),
 }
+#: figures only a Redis broker has (on RabbitMQ the counter is all Redis serves)
+REDIS_ONLY = frozenset({"cpu_redis"})
 
 
 @dataclass
@@ -61,20 +65,40 @@ def _env(
     )
 
 
+@dataclass
+class Drained:
+    publish_s: float
+    drain_s: float
+    memory: Memory
+    #: CPU seconds per task from the first execution to the last: the worker's tree, Redis
+    cpu_worker: float
+    cpu_redis: float
+
+
 def _drain(
     plan: Plan, env: workers.Env, peer: Peer, argv: list[str], kind: str, green: bool = False
-) -> tuple[float, float, Memory]:
-    """Publish, then start the worker and time first to last execution; (publish s, drain s, memory)."""
+) -> Drained:
+    """Publish, then start the worker and time first to last execution, and the CPU it took."""
+    import redis
+
     n = plan.sleeps if kind == "sleep" else plan.n
     published = workers.drive(env, peer.module, "publish", str(n), kind)
     target = n + 1  # the driver's warm-up message
+    server = redis.Redis.from_url(env.counter_url)  # the counter's Redis: the broker's too on Redis
     proc = workers.start(argv, env, target=target, green=green)
     try:
+        done_at_first = workers.wait_first(env.counter_url, proc, plan.drain_timeout)
+        cpu0, redis0 = tree_cpu(proc.pid), redis_cpu(server)
         first, last = workers.wait_count(env.counter_url, target, proc, plan.drain_timeout)
+        cpu1, redis1 = tree_cpu(proc.pid), redis_cpu(server)
         memory = tree_memory(proc.pid)
     finally:
         workers.stop(proc)
-    return published["seconds"], last - first, memory
+        server.close()
+    tasks = max(target - done_at_first, 1)
+    return Drained(
+        published["seconds"], last - first, memory, (cpu1 - cpu0) / tasks, (redis1 - redis0) / tasks
+    )
 
 
 def run_peer(plan: Plan, services: Services, peer: Peer, broker: str, run: int, info: dict) -> PeerRun:
@@ -116,11 +140,12 @@ def _drain_phase(
 ) -> None:
     if set(plan.figures) & {"publish", "drain", "memory"}:
         services.reset()
-        seconds, drained, memory = _drain(
-            plan, _env(plan, services, peer, broker, "drain", run, False), peer, info["argv"], "noop"
-        )
-        out.values.update(publish=plan.n / seconds, drain=plan.n / drained)
-        out.values.update(pss_after=memory.pss_mib, rss_after=memory.rss_mib)
+        d = _drain(plan, _env(plan, services, peer, broker, "drain", run, False), peer, info["argv"], "noop")
+        out.values.update(publish=plan.n / d.publish_s, drain=plan.n / d.drain_s)
+        out.values.update(pss_after=d.memory.pss_mib, rss_after=d.memory.rss_mib)
+        out.values["cpu_worker"] = d.cpu_worker * 1e6
+        if broker == "redis":
+            out.values["cpu_redis"] = d.cpu_redis * 1e6
 
 
 def _results_phase(
@@ -128,10 +153,8 @@ def _results_phase(
 ) -> None:
     if "results" in plan.figures:
         services.reset()
-        _, drained, _ = _drain(
-            plan, _env(plan, services, peer, broker, "res", run, True), peer, info["argv"], "result"
-        )
-        out.values["results"] = plan.n / drained
+        d = _drain(plan, _env(plan, services, peer, broker, "res", run, True), peer, info["argv"], "result")
+        out.values["results"] = plan.n / d.drain_s
 
 
 def _async_phase(
@@ -140,7 +163,7 @@ def _async_phase(
     if "async" in plan.figures:
         services.reset()
         green = "gevent" in info["argv_sleep"] or "greenlet" in info["argv_sleep"]
-        _, wall, _ = _drain(
+        d = _drain(
             plan,
             _env(plan, services, peer, broker, "async", run, False),
             peer,
@@ -148,4 +171,4 @@ def _async_phase(
             "sleep",
             green=green,
         )
-        out.values["async"] = wall
+        out.values["async"] = d.drain_s

@@ -63,6 +63,29 @@ def tree_memory(root: int) -> Memory:
     return Memory(pss / 1024, rss / 1024, count)
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of the tree under ``root``.
+
+    On a machine whose cores the worker, its children and the broker share, CPU per task is
+    what sets throughput, and it varies far less than wall time when neighbours are busy.
+    """
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(client: object) -> float:
+    """CPU seconds the Redis server has used (``INFO cpu``), for the broker's share per task."""
+    info = client.info("cpu")  # type: ignore[attr-defined]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: the value at rank ceil(q * n), as latency reports use."""
     ordered = sorted(values)

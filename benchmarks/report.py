@@ -10,7 +10,7 @@ Results = dict[str, dict[str, list[dict[str, float]]]]
 
 
 def _fmt(value: float, key: str) -> str:
-    if key in ("publish", "drain", "results") or key.startswith(("LPUSH", "RPOP")):
+    if key in ("publish", "drain", "results") or key.startswith(("LPUSH", "RPOP", "cpu_")):
         return f"{value:,.0f}"
     if key.startswith(("pss", "rss")):
         return f"{value:.1f}"
@@ -40,7 +40,7 @@ def broker_table(broker: str, peers: dict[str, list[dict[str, float]]]) -> list[
     ours_names = [n for n in names if n.startswith("taskq")]  # taskq, taskq-tuned
     others = [n for n in names if n not in ours_names]
     for mine in ours_names if others else []:
-        lines += ["", f"{mine} ÷ peer (medians; rates: above 1 is taskq ahead, ms/MiB/s: below 1 is):", ""]
+        lines += ["", f"{mine} ÷ peer (medians; rates: above 1 is taskq ahead, ms/MiB/s/us: below 1 is):", ""]
         lines += ["| figure | " + " | ".join(others) + " | vs best peer |", "|---" * (len(others) + 2) + "|"]
         lines += _ratio_rows(peers, mine, others)
     return lines

@@ -84,6 +84,20 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def wait_first(counter_url: str, proc: subprocess.Popen, timeout: float) -> int:
+    """Block until the worker ran its first task (start-up is over); how many have run by then."""
+    client = redis.Redis.from_url(counter_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while client.get(counter.FIRST) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return 0  # wait_count says what went wrong
+            time.sleep(0.005)
+        return int(client.get(counter.COUNT) or 0)
+    finally:
+        client.close()
+
+
 def wait_count(counter_url: str, target: int, proc: subprocess.Popen, timeout: float) -> tuple[float, float]:
     """Block until ``target`` executions are counted; (first, last) wall-clock stamps."""
     client = redis.Redis.from_url(counter_url)
