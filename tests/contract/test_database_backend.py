@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from database_support import DB_KINDS, db_settings, db_url, write_row
+from fork_support import wait_child
 
 from taskq import signals, states
 from taskq.app import App
@@ -316,10 +317,10 @@ def test_a_forked_child_opens_its_own_connection(request: pytest.FixtureRequest,
         finally:
             os._exit(code)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
+    code = wait_child(pid)
     child_id = json.loads(os.read(read, 100) or b"null")
     os.close(read)
-    assert status == 0 and child_id is not None and child_id != parent_id
+    assert code == 0 and child_id is not None and child_id != parent_id
     assert backend.engines.run(lambda conn: conn.exec_driver_sql(ask).scalar(), RuntimeError) == parent_id
     assert app.AsyncResult(child_task).get(timeout=5) == "child"
     app.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import kombu
 import pytest
+from fork_support import wait_child
 
 from taskq import Celery
 from taskq.message import origin_name
@@ -166,9 +167,12 @@ def test_a_forked_child_sends_on_connections_of_its_own(redis_url: str, redis_cl
             os._exit(code)
     for _ in range(50):  # the parent's pinned connection, meanwhile
         add.delay(1, 2)
-    _, status = os.waitpid(pid, 0)
-    child_origin, child_oid, child_client = os.read(read, 200).decode().split()
-    assert os.waitstatus_to_exitcode(status) == 0
+    os.close(write)  # the child's report, or an empty read if it failed: never a wait
+    code = wait_child(pid)
+    report = os.read(read, 200).decode()
+    os.close(read)
+    assert code == 0, "the forked child failed to send"
+    child_origin, child_oid, child_client = report.split()
     assert int(child_client) != parent_client, "the child wrote on its parent's socket"
     assert waiting(redis_client, queue) == 101
     assert child_origin != parent_origin and child_origin == f"gen{pid}@{parent_origin.split('@', 1)[1]}"

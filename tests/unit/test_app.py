@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fork_support import wait_child
 
 from taskq import Celery, EagerResult, Task, shared_task, signals, states
 from taskq.exceptions import DisabledBackend, NotRegistered, TimeoutError
@@ -900,6 +901,5 @@ def test_a_child_forked_while_a_thread_holds_the_app_lock_can_take_it() -> None:
         os._exit(0 if app._lock.acquire(timeout=2) else 1)
     release.set()
     thread.join()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid) == 0
     app.close()
