@@ -12,7 +12,6 @@ import heapq
 import itertools
 import logging
 import queue
-import signal as signal_module
 import time
 from collections import Counter, deque
 from datetime import datetime, timezone
@@ -21,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer as KombuConsumer
 from kombu import Queue
 
-from taskq import signals, states
+from taskq import signals
 from taskq.broker import CONNECTION_ERRORS
 from taskq.events import EventDispatcher
-from taskq.exceptions import OperationalError
-from taskq.worker import deliveries, intake, outcomes, prefetch
-from taskq.worker.control import Revoked, signal_number
+from taskq.worker import broker_link, deliveries, intake, outcomes, prefetch
+from taskq.worker.control import Revoked
 from taskq.worker.events import received_fields
 from taskq.worker.execute import Outcome
 from taskq.worker.parking import Parking
@@ -42,8 +40,6 @@ if TYPE_CHECKING:
     from taskq.worker.autoscale import Autoscaler
 
 logger = logging.getLogger("taskq.worker")
-# States a revoke may overwrite in the result backend (Celery 5.7): not started, or waiting to retry.
-REVOCABLE_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
 ACTIVE_TICK = 0.005  # longest a finished task waits for its ack and for its slot to be refilled
 #: while the pool is full: how often the broker is still read (remote control, heartbeats)
 CONTROL_TICK = 0.05
@@ -98,6 +94,7 @@ class Consumer:
         self.revoked = Revoked()
         self.remote_control = bool(app.conf.worker_enable_remote_control)
         self._pidbox: KombuConsumer | None = None
+        self._pidbox_retry_at = 0.0  # while remote control could not start: when to try again
         #: monitoring events (task events with -E; the worker starts its heartbeat)
         self.events = EventDispatcher(
             app, hostname, task_events=bool(app.conf.worker_send_task_events),
@@ -108,75 +105,7 @@ class Consumer:
     # -- connection -------------------------------------------------------------------------
     def connect(self, startup: bool = False) -> None:
         """Connect (retrying with back-off, as configured) and start consuming."""
-        broker, conf = self.app.broker, self.app.conf
-        self.connection = broker.new_connection(conf.broker_read_url or None)
-        retry = conf.broker_connection_retry
-        if startup and conf.broker_connection_retry_on_startup is not None:
-            retry = conf.broker_connection_retry_on_startup
-        max_retries = conf.broker_connection_max_retries if retry else 0
-        attempts = itertools.count(1)
-
-        def errback(exc: BaseException, interval: float) -> None:
-            logger.error(
-                "Cannot connect to %s: %s. Trying again in %.1f s... (%d/%s)",
-                broker.masked_url, exc, interval, next(attempts), max_retries or "inf",
-            )  # fmt: skip
-
-        def interrupt() -> None:  # kombu calls it about once a second while backing off
-            if self.stopping:
-                raise InterruptedError("the worker is stopping")
-
-        try:
-            self.connection.ensure_connection(
-                errback=errback, max_retries=max_retries, interval_start=2, interval_step=2, interval_max=30,
-                callback=interrupt,
-            )  # fmt: skip
-        except CONNECTION_ERRORS + tuple(self.connection.connection_errors) as exc:
-            if self.stopping and not startup:  # a stop during an outage must not wait it out
-                logger.warning("Stopped while reconnecting to %s", broker.masked_url)
-                return
-            raise OperationalError(f"cannot connect to {broker.masked_url}: {exc}") from exc
-        self.recoverable_errors = tuple(self.connection.connection_errors) + CONNECTION_ERRORS
-        channel = self.connection.default_channel
-        self._qos_extra = 0
-        self._kombu_consumer = KombuConsumer(
-            channel, queues=self.queues, on_message=self.on_message, accept=self.accept
-        )
-        self._apply_qos()
-        if self.prefetch_multiplier:
-            prefetch.fetch_only_when(channel, self.fetch_budget)
-        if self._orphans:
-            count = prefetch.restore_orphans(channel, self._orphans)
-            logger.warning("Returned %d message(s) taken just as the broker went away to their queue", count)
-        prefetch.keep_orphans(channel, self._orphans)
-        self._kombu_consumer.consume()
-        self._pidbox_retry_at = 0.0  # while remote control is closed: when to try again
-        if self.remote_control:
-            from taskq.worker.control import listen
-
-            try:
-                self._pidbox = listen(self, self.connection)
-            except tuple(self.connection.channel_errors) as exc:  # the old connection holds it
-                self._pidbox_retry_at = time.monotonic() + 5.0
-                logger.warning("Remote control unavailable: %s. Trying again in 5 s", exc)
-        logger.info("Connected to %s", broker.masked_url)
-
-    def add_queue(self, queue: Queue) -> None:
-        """Consume ``queue`` too, now and after reconnects (remote control's add_consumer)."""
-        if all(q.name != queue.name for q in self.queues):
-            self.queues = [*self.queues, queue]
-            if self._kombu_consumer is not None:
-                self._kombu_consumer.add_queue(queue)
-                self._kombu_consumer.consume()
-            logger.info("Started consuming from %s", queue.name)
-
-    def cancel_queue(self, name: str) -> None:
-        """Stop consuming the queue ``name``; messages already received still run."""
-        if any(q.name == name for q in self.queues):
-            logger.info("Canceling queue %s", name)
-            self.queues = [q for q in self.queues if q.name != name]
-            if self._kombu_consumer is not None:
-                self._kombu_consumer.cancel_by_queue(name)
+        broker_link.connect(self, startup)
 
     def wants_more(self) -> bool:
         return self.fetch_budget() > 0
@@ -212,21 +141,7 @@ class Consumer:
             )
 
     def close(self) -> None:
-        if self._pidbox is not None:
-            try:
-                self._pidbox.cancel()
-            except self.recoverable_errors:
-                pass
-            self._pidbox = None
-        if self._kombu_consumer is not None:
-            try:
-                self._kombu_consumer.cancel()
-            except self.recoverable_errors:
-                pass
-        self.parking.close()
-        if self.connection is not None:
-            self.connection.release()
-            self.connection = None
+        broker_link.close(self)
 
     # -- receiving --------------------------------------------------------------------------
     def on_message(self, message: Message) -> None:
@@ -261,43 +176,6 @@ class Consumer:
             self._sync_qos()
             return
         self.ready.append(request)
-
-    def revoke(self, task_ids: list[str], terminate: bool = False, signal: str | int | None = None) -> None:
-        """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
-        # rpc:// keeps no state to look at or overwrite (a reply needs the message's reply_to):
-        # its REVOKED is sent when the message itself is discarded.
-        keeps_state = self.app.backend.keeps_state
-        for task_id in task_ids:
-            self.revoked.add(task_id)
-            if not keeps_state:
-                continue
-            try:
-                if self.app.backend.get_task_meta(task_id)["status"] in REVOCABLE_STATES:
-                    self.app.backend.mark_as_revoked(task_id, "revoked")
-            except Exception as exc:  # results may be disabled or down; the revoke still holds here
-                logger.debug("could not mark %s REVOKED: %r", task_id, exc)
-        held = [r for r in self.ready if r.id in self.revoked]
-        held += [r for _, _, r in self.eta_heap if r.id in self.revoked]
-        held += self.rate_limits.remove(lambda r: r.id not in self.revoked)
-        for request in held:
-            outcomes.discard(self.app, request, "revoked", events=self.events)
-        if held:
-            self.ready = deque(r for r in self.ready if r not in held)
-            self.eta_heap = [e for e in self.eta_heap if e[2] not in held]
-            heapq.heapify(self.eta_heap)
-            self._sync_qos()
-        if terminate:
-            signum = signal_number(signal)
-            for request in [r for r in self.active if r.id in self.revoked and r.job is not None]:
-                assert request.job is not None
-                if self.pool.terminate(request.job, signum):
-                    logger.info("Terminating %s (%s)", request, signal_module.Signals(signum).name)
-                else:
-                    logger.warning(
-                        "revoke(terminate=True): the %s pool cannot stop %s",
-                        type(self.pool).__name__,
-                        request,
-                    )
 
     def _skip(self, request: Request) -> bool:
         """Discard a request that must not run (revoked, or past its expiry); True if it was."""
@@ -433,17 +311,8 @@ class Consumer:
 
     def _drain_broker(self, timeout: float) -> None:
         assert self.connection is not None
-        if self.remote_control and self._pidbox is None and time.monotonic() >= self._pidbox_retry_at:
-            # AMQP: after a silent peer the broker keeps the old connection, and its exclusive
-            # pidbox queue, until it misses our heartbeats; tasks flow meanwhile, commands wait.
-            from taskq.worker.control import listen
-
-            try:
-                self._pidbox = listen(self, self.connection)
-                logger.info("Remote control available again")
-            except tuple(self.connection.channel_errors) as exc:
-                self._pidbox_retry_at = time.monotonic() + 5.0
-                logger.debug("remote control still unavailable: %s", exc)
+        if self.remote_control:
+            broker_link.keep_remote_control(self)
         try:
             self.connection.drain_events(timeout=timeout)
         except TimeoutError:
@@ -461,39 +330,12 @@ class Consumer:
                 if lost is None:
                     self.step()
                 else:
-                    self._on_connection_lost(lost)
+                    broker_link.replace_lost(self, lost)
                     lost = None
             except self.recoverable_errors as exc:
                 if lost is not None:
                     time.sleep(2.0)  # kombu's first back-off interval: no tight reconnect loop
                 lost = exc
-
-    def _on_connection_lost(self, exc: BaseException) -> None:
-        """Reconnect first, and only then let go of the dead connection, without a handshake.
-
-        The requests held here unstarted are forgotten: the broker must deliver them again.
-        AMQP requeued them when the connection died; Redis keeps them in its unacked index,
-        and collecting the old connection restores them, which only works with the server
-        back: collected before the reconnect, they would wait for this process's lease to lapse
-        (``broker/redis_leases.py``), or for ``visibility_timeout`` on kombu's own transport.
-        No cancel or close is sent on the old connection: a silent peer never answers one.
-        Running tasks keep running; their acks fail on the dead channel and the broker
-        delivers those messages again, as at-least-once allows.
-        """
-        logger.error("Connection to broker lost: %r. Reconnecting...", exc)
-        self.ready.clear()
-        self.eta_heap.clear()
-        self.rate_limits.clear()
-        lost, self.connection = self.connection, None
-        self._kombu_consumer = self._pidbox = None
-        try:
-            self.connect()
-        finally:
-            if lost is not None:
-                try:
-                    lost.collect()
-                except Exception as error:  # it is dead already; nothing more to do with it
-                    logger.debug("discarding the lost broker connection: %r", error)
 
     def shutdown(self, graceful: bool = True) -> None:
         """Give back unstarted messages at once; warm: let running tasks finish, then disconnect.

@@ -8,14 +8,18 @@ in ``taskq.worker.inspect``. Control commands answer ``{"ok": text}`` or ``{"err
 
 from __future__ import annotations
 
+import heapq
 import logging
 import signal as signal_module
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kombu import Queue as KombuQueue
 
+from taskq import states
 from taskq.control import mailbox_for
+from taskq.worker import broker_link, outcomes
 from taskq.worker.inspect import INSPECT_HANDLERS, nok, ok, reserved_requests, scheduled_requests
 from taskq.worker.ratelimit import parse_rate
 from taskq.worker.revoked import Revoked
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from taskq.worker.consumer import Consumer
 
 logger = logging.getLogger("taskq.worker")
+# States a revoke may overwrite in the result backend (Celery 5.7): not started, or waiting to retry.
+REVOCABLE_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
 __all__ = ["HANDLERS", "Revoked", "listen", "signal_number"]  # Revoked: its old home
 
 
@@ -48,13 +54,51 @@ def revoke(
     """Remember the ids, store REVOKED, drop held messages; ``terminate`` stops running ones."""
     ids = _ids(task_id)
     known = {r.id for r in (*consumer.active, *reserved_requests(consumer), *scheduled_requests(consumer))}
-    consumer.revoke(ids, terminate=terminate, signal=signal)
+    _revoke_here(consumer, ids, terminate, signal)
     consumer.revoked.changed()
     if terminate:
         hit = [i for i in ids if i in known]
         return ok(f"terminate: {', '.join(hit)}" if hit else "terminate: tasks unknown")
     logger.info("Tasks flagged as revoked: %s", ", ".join(ids))
     return ok(f"tasks {set(ids)} flagged as revoked")
+
+
+def _revoke_here(consumer: Consumer, task_ids: list[str], terminate: bool, signal: str | int | None) -> None:
+    """Remember the ids, mark still-pending ones REVOKED, drop the ones held here unstarted."""
+    # rpc:// keeps no state to look at or overwrite (a reply needs the message's reply_to):
+    # its REVOKED is sent when the message itself is discarded.
+    keeps_state = consumer.app.backend.keeps_state
+    for task_id in task_ids:
+        consumer.revoked.add(task_id)
+        if not keeps_state:
+            continue
+        try:
+            if consumer.app.backend.get_task_meta(task_id)["status"] in REVOCABLE_STATES:
+                consumer.app.backend.mark_as_revoked(task_id, "revoked")
+        except Exception as exc:  # results may be disabled or down; the revoke still holds here
+            logger.debug("could not mark %s REVOKED: %r", task_id, exc)
+    held = [r for r in consumer.ready if r.id in consumer.revoked]
+    held += [r for _, _, r in consumer.eta_heap if r.id in consumer.revoked]
+    held += consumer.rate_limits.remove(lambda r: r.id not in consumer.revoked)
+    for request in held:
+        outcomes.discard(consumer.app, request, "revoked", events=consumer.events)
+    if held:
+        consumer.ready = deque(r for r in consumer.ready if r not in held)
+        consumer.eta_heap = [e for e in consumer.eta_heap if e[2] not in held]
+        heapq.heapify(consumer.eta_heap)
+        consumer._sync_qos()
+    if terminate:
+        signum = signal_number(signal)
+        for request in [r for r in consumer.active if r.id in consumer.revoked and r.job is not None]:
+            assert request.job is not None
+            if consumer.pool.terminate(request.job, signum):
+                logger.info("Terminating %s (%s)", request, signal_module.Signals(signum).name)
+            else:
+                logger.warning(
+                    "revoke(terminate=True): the %s pool cannot stop %s",
+                    type(consumer.pool).__name__,
+                    request,
+                )
 
 
 def terminate(
@@ -212,12 +256,12 @@ def add_consumer(
                 **options,
             )
         )
-    consumer.add_queue(declared)
+    broker_link.add_queue(consumer, declared)
     return ok(f"add consumer {queue}")
 
 
 def cancel_consumer(consumer: Consumer, queue: str, **kwargs: Any) -> dict[str, str]:
-    consumer.cancel_queue(queue)
+    broker_link.cancel_queue(consumer, queue)
     return ok(f"no longer consuming from {queue}")
 
 
