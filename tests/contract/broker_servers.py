@@ -1,8 +1,8 @@
 """Brokers of the contract beyond memory/SQLite/Redis/RabbitMQ, each private to this run.
 
-- ``sqla+sqlite``: a file in the test's tmp dir; ``sqla+postgresql``: the local PostgreSQL with
-  kombu tables named for this run (dropped afterwards). kombu keeps one table-name pair per
-  process, so both share ``TABLES``.
+- ``sqla+sqlite``: a file in the test's tmp dir; ``sqla+postgresql`` and ``sqla+mysql``: the
+  local PostgreSQL and MariaDB with kombu tables named for this run (dropped afterwards). kombu
+  keeps one table-name pair per process, so all three share ``TABLES``.
 - ``filesystem``: kombu's folders in the test's tmp dir.
 - ``redis+socket``: a private redis-server listening on a unix socket only (``--port 0``).
 - ``sentinel``: a private redis-server as master and a sentinel watching it.
@@ -27,8 +27,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RUN = uuid.uuid4().hex[:8]
 TABLES = {"queue_tablename": f"taskq_t{RUN}_queue", "message_tablename": f"taskq_t{RUN}_message"}
 PG_URL = os.environ.get("TASKQ_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("TASKQ_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 MASTER = "taskq-test"
-MORE_BROKERS = ["sqla+sqlite", "sqla+postgresql", "filesystem", "redis+socket", "sentinel"]
+MORE_BROKERS = ["sqla+sqlite", "sqla+postgresql", "sqla+mysql", "filesystem", "redis+socket", "sentinel"]
 
 
 def missing(message: str) -> None:
@@ -101,20 +102,36 @@ def sentinel_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
         server.wait(10)
 
 
-@pytest.fixture(scope="module")
-def pg_sqla_url() -> Iterator[str]:
+def _sqla_database(url: str, what: str) -> Iterator[str]:
+    """``sqla+`` and ``url``, its server checked first; this run's kombu tables dropped after."""
     sqlalchemy = pytest.importorskip("sqlalchemy")
-    engine = sqlalchemy.create_engine(PG_URL)
+    engine = sqlalchemy.create_engine(url)
     try:
         engine.connect().close()
     except Exception as exc:
-        missing(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
-    yield f"sqla+{PG_URL}"
+        missing(f"{what} is not reachable at {url}: {exc}")
+    yield f"sqla+{url}"
     with engine.begin() as conn:
+        if engine.dialect.name in ("mysql", "mariadb"):  # a table a leaked transaction read: fail, not hang
+            conn.execute(sqlalchemy.text("SET SESSION lock_wait_timeout = 30"))
         for name in (TABLES["message_tablename"], TABLES["queue_tablename"]):
-            conn.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{name}"'))
-        conn.execute(sqlalchemy.text(f'DROP SEQUENCE IF EXISTS "{TABLES["queue_tablename"]}_id_sequence"'))
+            conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {name}"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                sqlalchemy.text(f'DROP SEQUENCE IF EXISTS "{TABLES["queue_tablename"]}_id_sequence"')
+            )
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_sqla_url() -> Iterator[str]:
+    yield from _sqla_database(PG_URL, "PostgreSQL")
+
+
+@pytest.fixture(scope="module")
+def mysql_sqla_url() -> Iterator[str]:
+    pytest.importorskip("pymysql")
+    yield from _sqla_database(MYSQL_URL, "MariaDB")
 
 
 def urls(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> tuple[str, str]:
@@ -124,6 +141,8 @@ def urls(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> tuple[str
         return f"sqla+sqlite:///{tmp_path}/kombu.sqlite3", f"sqlite:///{tmp_path}/results.sqlite3"
     if kind == "sqla+postgresql":
         return request.getfixturevalue("pg_sqla_url"), request.getfixturevalue("redis_url")
+    if kind == "sqla+mysql":
+        return request.getfixturevalue("mysql_sqla_url"), request.getfixturevalue("redis_url")
     if kind == "filesystem":
         (tmp_path / "results").mkdir()
         return "filesystem://", f"file://{tmp_path}/results"
@@ -164,7 +183,7 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
             "kombu's SQLAlchemy transport keeps exchange bindings in each connection's memory: "
             "a binding declared on one connection routes nothing published on another"
         )
-        for kind in ("sqla+sqlite", "sqla+postgresql")
+        for kind in ("sqla+sqlite", "sqla+postgresql", "sqla+mysql")
     },
     ("filesystem", "test_warm_stop_returns_unstarted_messages"): (
         "open: with an unbounded prefetch the long task is never reported active on kombu's "

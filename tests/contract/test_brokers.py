@@ -1,5 +1,5 @@
 """One broker contract, run on every transport taskq tests: memory, SQLite, Redis, RabbitMQ, and
-kombu's SQLAlchemy (on SQLite and PostgreSQL), filesystem, Redis over a unix socket and Redis
+kombu's SQLAlchemy (on SQLite, PostgreSQL and MariaDB), filesystem, Redis over a unix socket and Redis
 Sentinel (servers and stores in ``broker_servers.py``).
 
 Each test drives the real code path (App.send_task -> kombu -> Worker consumer -> pool ->
@@ -16,7 +16,7 @@ from typing import Any
 
 import broker_servers
 import pytest
-from broker_servers import pg_sqla_url, redis_socket_path, sentinel_ports  # noqa: F401 (fixtures)
+from broker_servers import mysql_sqla_url, pg_sqla_url, redis_socket_path, sentinel_ports  # noqa: F401 (fixtures)
 from kombu import Connection, Exchange, Producer, Queue
 
 from taskq import Celery, states
