@@ -11,8 +11,7 @@ from typing import Any
 
 from taskq import states
 from taskq.events import EventDispatcher
-from taskq.saferepr import saferepr
-from taskq.worker.execute import Outcome, Shown
+from taskq.worker.execute import Outcome, shown
 
 __all__ = ["Heart", "outcome_events", "received_fields", "send_outcome"]
 
@@ -39,9 +38,7 @@ def outcome_events(outcome: Outcome) -> list[tuple[str, dict[str, Any]]]:
     state, exc = outcome.state, outcome.exc
     error = {"exception": safe_repr(exc), "traceback": outcome.traceback or ""}
     if state == states.SUCCESS:
-        retval = outcome.retval
-        result = str(retval) if isinstance(retval, Shown) else saferepr(retval)
-        return [("task-succeeded", {"result": result, "runtime": outcome.runtime})]
+        return [("task-succeeded", {"result": shown(outcome.retval), "runtime": outcome.runtime})]
     if state == states.FAILURE:
         return [("task-failed", error)]
     if state == states.RETRY:

@@ -364,11 +364,12 @@ def _store(method: Any, context: Context, *args: Any, **kwargs: Any) -> None:
         logger.exception("could not store the result of %s[%s]", context.task, context.id)
 
 
-def _shown(value: Any) -> str:
-    return value if isinstance(value, Shown) else saferepr(value)
+def shown(value: Any) -> str:
+    """A run's value as logs and events show it: a pool child's value is already its repr."""
+    return str(value) if isinstance(value, Shown) else saferepr(value)
 
 
-class _Shown:
+class _ShownLater:
     """A run's value, turned into its log text only if the line is written."""
 
     __slots__ = ("value",)
@@ -377,7 +378,7 @@ class _Shown:
         self.value = value
 
     def __str__(self) -> str:
-        return _shown(self.value)
+        return shown(self.value)
 
 
 def describe(outcome: Outcome, name: str, task_id: str | None) -> tuple[Any, ...]:
@@ -390,7 +391,7 @@ def describe(outcome: Outcome, name: str, task_id: str | None) -> tuple[Any, ...
         return (
             logging.INFO,
             "Task %s[%s] succeeded in %.6fs: %s",
-            name, task_id, outcome.runtime, _Shown(outcome.retval),
+            name, task_id, outcome.runtime, _ShownLater(outcome.retval),
         )  # fmt: skip
     if outcome.state == states.FAILURE:
         return (
