@@ -215,6 +215,14 @@ def take(conn: Connection, queue: Queue, bodies: list[Any]) -> list[Any]:
     return got
 
 
+def past_the_checked_ack(connection: Connection, queue: Queue, bodies: list[Any]) -> tuple[Any, list[Any]]:
+    """Take ``bodies`` and ack the first: the channel's one waited-for ack (does Redis run the
+    script?), after which acks are written unwaited. The channel and the messages, all held."""
+    got = take(connection, queue, bodies)
+    got[0].ack()
+    return connection.default_channel, got
+
+
 def traces(redis_client: Any, prefix: str = "") -> tuple[int, int, int]:
     return (
         redis_client.hlen(prefix + "unacked"),
@@ -270,9 +278,7 @@ def test_acks_whose_replies_were_lost_are_written_again_and_never_reclaimed(
 ) -> None:
     """The connection dies after an ack was written, before Redis applied it (Redis killed):
     the message's task is running, so it must be acked again, never put back."""
-    got = take(connection, queue, ["a", "b", "c"])
-    channel = connection.default_channel
-    got[0].ack()  # the checked, waited-for one
+    channel, got = past_the_checked_ack(connection, queue, ["a", "b", "c"])
     ack_unanswered(channel, got[1:], monkeypatch)
     lease = channel.qos.lease
     assert set(lease.unconfirmed) == {got[1].delivery_tag, got[2].delivery_tag}
@@ -291,9 +297,7 @@ def test_acks_whose_replies_were_lost_are_written_again_and_never_reclaimed(
 def test_an_ack_that_could_not_be_written_leaves_the_message_to_go_back(
     connection: Connection, queue: Queue, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    got = take(connection, queue, ["a", "b"])
-    channel = connection.default_channel
-    got[0].ack()
+    channel, got = past_the_checked_ack(connection, queue, ["a", "b"])
     conn = channel.acks._connection()
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -314,9 +318,7 @@ def test_an_ack_refused_after_the_first_is_done_again_the_kombu_way(
 ) -> None:
     from taskq.broker import redis_acks
 
-    got = take(connection, queue, ["a", "b"])
-    channel = connection.default_channel
-    got[0].ack()
+    channel, got = past_the_checked_ack(connection, queue, ["a", "b"])
     monkeypatch.setattr(redis_acks, "ACK_SCRIPT", "return redis.error_reply('ERR scripts switched off')")
     got[1].ack()
     channel.acks.confirm()
@@ -358,9 +360,7 @@ def test_unanswered_acks_are_written_again_the_kombu_way_when_scripts_are_refuse
     re-write falls back to kombu's deletions instead of failing every upkeep."""
     from taskq.broker import redis_acks
 
-    got = take(connection, queue, ["a", "b"])
-    channel = connection.default_channel
-    got[0].ack()
+    channel, got = past_the_checked_ack(connection, queue, ["a", "b"])
     ack_unanswered(channel, got[1:], monkeypatch)
     monkeypatch.setattr(redis_acks, "ACK_SCRIPT", "return redis.error_reply('ERR scripts switched off')")
     channel.qos.recover()
